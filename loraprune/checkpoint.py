@@ -1,0 +1,87 @@
+"""Saving and reloading pruned models: safetensors + config + tokenizer + pruning plan, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from loraprune.plan import PruningPlan
+from loraprune.surgery import apply_plan
+
+PLAN_FILE = "pruning_plan.json"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pruned(model: nn.Module, tokenizer, plan: PruningPlan, path: str | Path) -> Path:
+    """Save a physically pruned model so :func:`load_pruned` restores it; replaces ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(tmp / PLAN_FILE, plan.to_dict())
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_pruned(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
+                with_tokenizer: bool = False):
+    """Rebuild a pruned model: empty model from its config, the saved plan applied, weights loaded.
+
+    Returns the model (and its tokenizer when ``with_tokenizer``).
+    """
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / PLAN_FILE).is_file():
+        raise FileNotFoundError(f"{path} has no {PLAN_FILE}: not a loraprune checkpoint")
+    plan = PruningPlan.from_dict(json.loads((path / PLAN_FILE).read_text()))
+    config = AutoConfig.from_pretrained(path)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    apply_plan(model, plan)
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        state.update(load_file(shard, device=device))
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"checkpoint does not match its plan: missing {sorted(set(missing) - tied)}, "
+                           f"unexpected {sorted(unexpected)}")
+    if tied:
+        model.tie_weights()
+    model.to(device).eval()
+    if with_tokenizer:
+        return model, AutoTokenizer.from_pretrained(path)
+    return model

@@ -1,0 +1,169 @@
+"""Config schemas (dataclasses) registered in Hydra's ConfigStore as ``base_config``.
+
+``conf/config.yaml`` puts ``base_config`` first in its defaults list, so every group file is merged onto
+these typed nodes: an unknown key or a wrong type fails at start with Hydra's message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TinyModelConfig:
+    hidden_size: int = 64
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 128
+    attention_bias: bool = False
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """``source``: embedded (SmolLM2 from PyPI) | hub (``path`` = hub id or local dir) | tiny (random)."""
+
+    name: str = "smollm2_135m"
+    source: str = "embedded"
+    path: str | None = None
+    revision: str | None = None
+    attn_implementation: str | None = None
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
+
+
+@dataclass
+class MethodConfig:
+    """The criterion and how its scores are smoothed. ``kind``: iterative (during fine-tuning) or one_shot."""
+
+    name: str = "loraprune"
+    criterion: str = "loraprune"
+    kind: str = "iterative"
+    ema_beta: float = 0.9
+    ema_init: str = "zero"
+    normalize: bool = True
+    finetune: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PruneConfig:
+    """``ratio``: fraction of groups removed in every prunable layer (``target=groups``) or of all
+    parameters (``target=params``)."""
+
+    ratio: float = 0.2
+    target: str = "groups"
+    attention_unit: str = "kv_group"
+    schedule: str = "cubic"
+    prune_freq: int = 10
+    warmup: float = 0.1
+    cooldown: float = 0.1
+    at_step: int = 0
+    exclude_layers: list[int] | None = None
+    exclude_first_fraction: float = 0.1
+    exclude_last: int = 1
+    selection: str = "local"
+    prune_attention: bool = True
+    prune_mlp: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Fine-tune/calibration data: an embedded corpus, ``lamini``, ``alpaca`` or a local file."""
+
+    name: str = "wiki_embedded"
+    kind: str = "auto"
+    nsamples: int | None = None
+    cutoff_len: int = 128
+    prompt_template: str = "alpaca"
+    train_on_inputs: bool = True
+    field: str = "text"
+
+
+@dataclass
+class TrainerConfig:
+    steps: int | None = 100
+    epochs: float | None = None
+    batch_size: int = 4
+    micro_batch_size: int = 4
+    lr: float = 3e-4
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 42
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class ZeroShotConfig:
+    enabled: bool = False
+    tasks: list[str] = field(default_factory=lambda: [
+        "boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"])
+    limit: float | None = None
+    batch_size: int = 8
+    source: str = "auto"
+
+
+@dataclass
+class EvalConfig:
+    """Perplexity sets (names or local files), window length and cap; zero-shot through lm-eval."""
+
+    ppl_sets: list[str] = field(default_factory=lambda: ["wiki_embedded", "news_embedded"])
+    seq_len: int = 128
+    max_windows: int | None = 64
+    batch_size: int = 8
+    dense: bool = True
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+
+
+@dataclass
+class WandbConfig:
+    project: str = "loraprune"
+    entity: str | None = None
+    name: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None
+
+
+@dataclass
+class LoggerConfig:
+    """``name``: jsonl (local files only) or wandb (also logs to Weights & Biases)."""
+
+    name: str = "jsonl"
+    console_every: int = 10
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class LoraPruneConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    save_model: bool = True
+    output_dir: str | None = None
+
+
+def register_configs() -> None:
+    """Register the schema so ``conf/config.yaml`` can validate against it."""
+    ConfigStore.instance().store(name="base_config", node=LoraPruneConfig)

@@ -1,0 +1,56 @@
+"""The criterion interface: element scores of one projection, and LoRA tensor access."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+class Criterion(Protocol):
+    """Maps one projection to a score per weight element (same shape as its weight).
+
+    ``needs_weight_grads`` marks criteria that need ``∂L/∂W`` of the pretrained weights (memory-hungry).
+    """
+
+    name: str
+    needs_weight_grads: bool
+
+    def element_scores(self, module: nn.Module) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class LoraTensors:
+    """The tensors of a LoRA-wrapped linear layer: W (out×in), A (r×in), B (out×r), scaling s."""
+
+    weight: torch.Tensor
+    lora_a: nn.Parameter | None
+    lora_b: nn.Parameter | None
+    scaling: float
+
+    def effective_weight(self) -> torch.Tensor:
+        """W + s·B·A (just W without LoRA), detached, in float32."""
+        w = self.weight.detach().float()
+        if self.lora_a is None:
+            return w
+        return w + self.scaling * (self.lora_b.detach().float() @ self.lora_a.detach().float())
+
+
+def lora_tensors(module: nn.Module) -> LoraTensors:
+    """Read W, A, B and s of a peft LoRA ``Linear`` (or W of a plain ``nn.Linear``)."""
+    if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
+        active = module.active_adapters
+        if len(active) != 1:
+            raise ValueError(f"expected exactly one active LoRA adapter, got {active}")
+        name = active[0]
+        if name in module.lora_A:
+            return LoraTensors(
+                module.base_layer.weight, module.lora_A[name].weight, module.lora_B[name].weight,
+                float(module.scaling[name]),
+            )
+        return LoraTensors(module.base_layer.weight, None, None, 0.0)
+    if isinstance(module, nn.Linear):
+        return LoraTensors(module.weight, None, None, 0.0)
+    raise TypeError(f"cannot score a {type(module).__name__}; expected nn.Linear or a peft LoRA Linear")

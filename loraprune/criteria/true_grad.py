@@ -1,0 +1,21 @@
+"""The true-gradient criterion: S = |∂L/∂W ⊙ (W + s·B·A)| (needs gradients of the pretrained weights)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from loraprune.criteria.base import lora_tensors
+
+
+class TrueGradCriterion:
+    """What LoRAPrune approximates; costs a full-size gradient per pruned weight."""
+
+    name = "grad"
+    needs_weight_grads = True
+
+    def element_scores(self, module: nn.Module) -> torch.Tensor:
+        t = lora_tensors(module)
+        if t.weight.grad is None:
+            raise RuntimeError("∂L/∂W is missing: the grad criterion needs requires_grad on the pruned weights")
+        return (t.weight.grad.float() * t.effective_weight()).abs()

@@ -1,0 +1,117 @@
+"""Unit masks applied during fine-tuning, and how units are chosen for removal.
+
+Masks act on the inputs of ``o_proj`` (the heads' outputs) and ``down_proj`` (the MLP activations):
+zeroing those is exactly what physically removing the group does, whatever the biases of q/k/v.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from loraprune.structure import GroupKind, Slice, projection
+
+MASKED_INPUT = {"attn": "o_proj", "mlp": "down_proj"}
+
+
+def select_lowest(scores: torch.Tensor, n_remove: int, removed: torch.Tensor,
+                  buckets: int = 1) -> torch.Tensor:
+    """Boolean mask of removed units: the already ``removed`` ones plus the lowest-scoring others.
+
+    With ``buckets > 1`` units are split into that many equal consecutive buckets (KV groups) and each
+    bucket loses ``n_remove // buckets`` units.
+    """
+    n = scores.numel()
+    if n % buckets or n_remove % buckets:
+        raise ValueError(f"{n_remove} of {n} units cannot be removed equally from {buckets} buckets")
+    out = removed.clone()
+    per = n // buckets
+    for b in range(buckets):
+        sl = slice(b * per, (b + 1) * per)
+        need = n_remove // buckets - int(out[sl].sum())
+        if need <= 0:
+            continue
+        s = scores[sl].clone().float()
+        s[out[sl]] = float("inf")
+        idx = torch.argsort(s, stable=True)[:need]
+        out[b * per + idx] = True
+    return out
+
+
+def select_global(scores: dict[int, torch.Tensor], n_remove_total: int,
+                  removed: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Global selection across layers: the lowest scores overall, never emptying a layer."""
+    out = {k: v.clone() for k, v in removed.items()}
+    need = n_remove_total - sum(int(v.sum()) for v in out.values())
+    if need <= 0:
+        return out
+    cands = [(float(s[i]), layer, i) for layer, s in scores.items() for i in range(s.numel()) if not out[layer][i]]
+    cands.sort()
+    for _, layer, i in cands:
+        if need == 0:
+            break
+        if int((~out[layer]).sum()) <= 1:
+            continue
+        out[layer][i] = True
+        need -= 1
+    return out
+
+
+def channel_keep_mask(kind: GroupKind, keep_units: torch.Tensor) -> torch.Tensor:
+    """Per-channel keep mask of the masked input (o_proj/down_proj columns) for unit keep flags."""
+    sl: Slice = next(s for s in kind.slices if s.module == MASKED_INPUT[kind.name])
+    return keep_units[sl.unit_of_channel]
+
+
+class UnitMasks:
+    """Keep masks over units per (layer, kind), installed as forward pre-hooks on the model."""
+
+    def __init__(self) -> None:
+        self.removed: dict[tuple[int, str], torch.Tensor] = {}
+        self._kinds: dict[str, GroupKind] = {}
+        self._buffers: dict[tuple[int, str], torch.Tensor] = {}
+        self._handles: list = []
+
+    def set(self, layer_idx: int, kind: GroupKind, removed: torch.Tensor) -> None:
+        """Record which units of ``kind`` in layer ``layer_idx`` are removed."""
+        self._kinds[kind.name] = kind
+        self.removed[(layer_idx, kind.name)] = removed.clone()
+        buf = self._buffers.get((layer_idx, kind.name))
+        keep = channel_keep_mask(kind, ~removed)
+        if buf is not None:
+            buf.copy_(keep.to(buf))
+
+    def install(self, layers: nn.ModuleList, keys: Iterable[tuple[int, str]] | None = None) -> None:
+        """Attach hooks that multiply the masked inputs by the keep masks."""
+        self.remove_hooks()
+        for layer_idx, kind_name in keys if keys is not None else list(self.removed):
+            kind = self._kinds[kind_name]
+            module = projection(layers[layer_idx], MASKED_INPUT[kind_name])
+            weight = _any_weight(module)
+            keep = channel_keep_mask(kind, ~self.removed[(layer_idx, kind_name)]).to(weight.device, weight.dtype)
+            self._buffers[(layer_idx, kind_name)] = keep
+            self._handles.append(module.register_forward_pre_hook(_multiply_input(keep)))
+
+    def remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._buffers.clear()
+
+    def kept_units(self) -> dict[tuple[int, str], list[int]]:
+        return {k: (~v).nonzero().flatten().tolist() for k, v in self.removed.items()}
+
+
+def _any_weight(module: nn.Module) -> torch.Tensor:
+    base = getattr(module, "base_layer", module)
+    return base.weight
+
+
+def _multiply_input(keep: torch.Tensor):
+    def hook(_module: nn.Module, args: tuple):
+        x = args[0]
+        return (x * keep.to(x.dtype),) + tuple(args[1:])
+
+    return hook

@@ -1,0 +1,76 @@
+"""Physical removal of pruned groups: merge LoRA, slice rows/columns, fix attention attributes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from loraprune.plan import PruningPlan, head_channels
+from loraprune.structure import decoder_layers
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold LoRA into the base weights (W ← W + s·B·A) and return the plain transformers model."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
+    """Keep only ``index`` along ``dim`` (0: output rows, 1: input columns) of a linear layer, in place."""
+    index = index.to(linear.weight.device)
+    linear.weight = nn.Parameter(linear.weight.data.index_select(dim, index).clone(),
+                                 requires_grad=linear.weight.requires_grad)
+    if dim == 0:
+        if linear.bias is not None:
+            linear.bias = nn.Parameter(linear.bias.data.index_select(0, index).clone(),
+                                       requires_grad=linear.bias.requires_grad)
+        linear.out_features = int(index.numel())
+    else:
+        linear.in_features = int(index.numel())
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """Remove what the plan drops, so that HF's own forward runs the smaller model. In place."""
+    layers = decoder_layers(model)
+    hd = plan.geometry.head_dim
+    for idx, keep in plan.layers.items():
+        layer = layers[idx]
+        attn, mlp = layer.self_attn, layer.mlp
+        if keep.q_heads is not None:
+            if len(keep.q_heads) % len(keep.kv_heads):
+                raise ValueError(f"layer {idx}: {len(keep.q_heads)} query heads do not divide over "
+                                 f"{len(keep.kv_heads)} KV heads")
+            q_rows = head_channels(keep.q_heads, hd)
+            kv_rows = head_channels(keep.kv_heads, hd)
+            slice_linear(attn.q_proj, q_rows, 0)
+            slice_linear(attn.k_proj, kv_rows, 0)
+            slice_linear(attn.v_proj, kv_rows, 0)
+            slice_linear(attn.o_proj, q_rows, 1)
+            attn.num_key_value_groups = len(keep.q_heads) // len(keep.kv_heads)
+            for name, value in (("num_heads", len(keep.q_heads)), ("num_key_value_heads", len(keep.kv_heads))):
+                if hasattr(attn, name):
+                    setattr(attn, name, value)
+        if keep.channels is not None:
+            ch = torch.tensor(keep.channels, dtype=torch.long)
+            slice_linear(mlp.gate_proj, ch, 0)
+            slice_linear(mlp.up_proj, ch, 0)
+            slice_linear(mlp.down_proj, ch, 1)
+            if hasattr(mlp, "intermediate_size"):
+                mlp.intermediate_size = len(keep.channels)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (tied weights counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def decoder_parameters(model: nn.Module) -> int:
+    """Parameters of the decoder layers only."""
+    return sum(p.numel() for p in decoder_layers(model).parameters())

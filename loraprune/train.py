@@ -1,0 +1,122 @@
+"""The plain LoRA fine-tuning loop, with a pruning hook between gradient accumulation and the step."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from loraprune.data import collate
+
+
+@dataclass
+class TrainSettings:
+    steps: int
+    batch_size: int = 4
+    micro_batch_size: int = 4
+    lr: float = 3e-4
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"trainer.steps must be >= 0, got {self.steps}")
+        if self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size:
+            raise ValueError(f"trainer.batch_size ({self.batch_size}) must be a multiple of "
+                             f"trainer.micro_batch_size ({self.micro_batch_size})")
+
+    @property
+    def accumulation(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+
+def steps_for(epochs: float, num_samples: int, batch_size: int) -> int:
+    """Optimizer steps needed for ``epochs`` passes over ``num_samples``."""
+    return max(1, math.ceil(epochs * num_samples / batch_size))
+
+
+def cycle_batches(samples: Sequence[dict], micro_batch_size: int, seed: int) -> Iterator[list[dict]]:
+    """Shuffled micro-batches, reshuffled every epoch, forever."""
+    rng = random.Random(seed)
+    order = list(range(len(samples)))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, len(order) - micro_batch_size + 1, micro_batch_size):
+            yield [samples[j] for j in order[i : i + micro_batch_size]]
+
+
+class StepHooks:
+    """What the loop calls around each optimizer step (the pruner plugs in here)."""
+
+    def after_accumulation(self, step: int) -> None:
+        """Gradients of this step are complete; the optimizer has not stepped yet."""
+
+    def after_step(self, step: int) -> dict[str, float]:
+        """The optimizer has stepped; returns extra values to log."""
+        return {}
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+
+
+def finetune(model: nn.Module, samples: Sequence[dict], settings: TrainSettings, pad_token_id: int,
+             hooks: StepHooks | None = None, log: Callable[[dict], None] | None = None) -> dict[str, float]:
+    """Fine-tune the LoRA parameters for ``settings.steps`` optimizer steps.
+
+    Returns summary values: steps, tokens seen, first and last loss.
+    """
+    if settings.steps == 0:
+        return {"steps": 0, "tokens": 0}
+    if len(samples) < settings.micro_batch_size:
+        raise ValueError(f"{len(samples)} fine-tune samples are fewer than one micro-batch "
+                         f"({settings.micro_batch_size})")
+    hooks = hooks or StepHooks()
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("no trainable LoRA parameters found")
+    device = params[0].device
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    batches = cycle_batches(samples, settings.micro_batch_size, settings.seed)
+    model.train()
+    tokens, first_loss, loss_value = 0, None, float("nan")
+    bar = tqdm(range(1, settings.steps + 1), desc="fine-tune", leave=False)
+    for step in bar:
+        loss_value = 0.0
+        for _ in range(settings.accumulation):
+            batch = {k: v.to(device) for k, v in collate(next(batches), pad_token_id).items()}
+            loss = model(**batch).loss / settings.accumulation
+            loss.backward()
+            loss_value += loss.item()
+            tokens += int(batch["attention_mask"].sum())
+        hooks.after_accumulation(step)
+        if settings.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        model.zero_grad(set_to_none=True)
+        extra = hooks.after_step(step)
+        first_loss = loss_value if first_loss is None else first_loss
+        record = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens": tokens, **extra}
+        bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in extra.items()})
+        if log:
+            log(record)
+    model.eval()
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    return {"steps": settings.steps, "tokens": tokens, "first_loss": first_loss, "last_loss": loss_value}
