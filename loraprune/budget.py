@@ -5,31 +5,42 @@ from __future__ import annotations
 from loraprune.structure import AttentionUnit, Geometry, removable_counts
 
 
-def params_per_unit(geo: Geometry, unit: AttentionUnit, attention_bias: bool = False,
-                    mlp_bias: bool = False) -> dict[str, int]:
+def params_per_unit(
+    geo: Geometry, unit: AttentionUnit, attention_bias: bool = False, mlp_bias: bool = False
+) -> dict[str, int]:
     """Parameters one attention unit and one MLP channel hold."""
     h, hd, rep = geo.hidden_size, geo.head_dim, geo.queries_per_kv
     qb = hd if attention_bias else 0
-    if unit == "kv_group" or rep == 1:
-        # rep query heads (q rows + o cols) and one K and one V head
-        attn = rep * (2 * h * hd + qb) + 2 * (h * hd + qb)
-    else:
-        attn = 2 * h * hd + qb
+    query_head = 2 * h * hd + qb  # q rows + o columns
+    # a KV group: rep query heads plus one K and one V head
+    attn = rep * query_head + 2 * (h * hd + qb) if unit == "kv_group" or rep == 1 else query_head
     mlp = 3 * h + (2 if mlp_bias else 0)
     return {"attn": attn, "mlp": mlp}
 
 
-def params_removed(geo: Geometry, unit: AttentionUnit, ratio: float, num_prunable_layers: int,
-                   attention_bias: bool = False, mlp_bias: bool = False) -> int:
+def params_removed(
+    geo: Geometry,
+    unit: AttentionUnit,
+    ratio: float,
+    num_prunable_layers: int,
+    attention_bias: bool = False,
+    mlp_bias: bool = False,
+) -> int:
     """Parameters removed when ``ratio`` of the groups of ``num_prunable_layers`` layers go."""
     counts = removable_counts(geo, unit, ratio)
     per = params_per_unit(geo, unit, attention_bias, mlp_bias)
     return num_prunable_layers * (counts["attn"] * per["attn"] + counts["mlp"] * per["mlp"])
 
 
-def ratio_for_param_fraction(geo: Geometry, unit: AttentionUnit, fraction: float, total_params: int,
-                             num_prunable_layers: int, attention_bias: bool = False,
-                             mlp_bias: bool = False) -> float:
+def ratio_for_param_fraction(
+    geo: Geometry,
+    unit: AttentionUnit,
+    fraction: float,
+    total_params: int,
+    num_prunable_layers: int,
+    attention_bias: bool = False,
+    mlp_bias: bool = False,
+) -> float:
     """The group ratio whose removal comes closest to ``fraction`` of ``total_params``."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"parameter fraction must be in [0, 1), got {fraction}")

@@ -18,18 +18,23 @@ from loraprune.surgery import apply_plan
 PLAN_FILE = "pruning_plan.json"
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=str)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically."""
+    write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def save_pruned(model: nn.Module, tokenizer, plan: PruningPlan, path: str | Path) -> Path:
@@ -51,8 +56,9 @@ def save_pruned(model: nn.Module, tokenizer, plan: PruningPlan, path: str | Path
     return path
 
 
-def load_pruned(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
-                with_tokenizer: bool = False):
+def load_pruned(
+    path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None, with_tokenizer: bool = False
+):
     """Rebuild a pruned model: empty model from its config, the saved plan applied, weights loaded.
 
     Returns the model (and its tokenizer when ``with_tokenizer``).
@@ -77,8 +83,10 @@ def load_pruned(path: str | Path, device: str = "cpu", dtype: torch.dtype | None
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:
-        raise RuntimeError(f"checkpoint does not match its plan: missing {sorted(set(missing) - tied)}, "
-                           f"unexpected {sorted(unexpected)}")
+        raise RuntimeError(
+            f"checkpoint does not match its plan: missing {sorted(set(missing) - tied)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
     if tied:
         model.tie_weights()
     model.to(device).eval()

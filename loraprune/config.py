@@ -78,6 +78,7 @@ class PruneConfig:
     selection: str = "local"
     prune_attention: bool = True
     prune_mlp: bool = True
+    pattern: str | None = None
 
 
 @dataclass
@@ -112,8 +113,17 @@ class TrainerConfig:
 @dataclass
 class ZeroShotConfig:
     enabled: bool = False
-    tasks: list[str] = field(default_factory=lambda: [
-        "boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"])
+    tasks: list[str] = field(
+        default_factory=lambda: [
+            "boolq",
+            "piqa",
+            "hellaswag",
+            "winogrande",
+            "arc_easy",
+            "arc_challenge",
+            "openbookqa",
+        ]
+    )
     limit: float | None = None
     batch_size: int = 8
     source: str = "auto"

@@ -18,15 +18,33 @@ def channel_scores(element_scores: torch.Tensor, dim: int) -> torch.Tensor:
     return element_scores.sum(dim=1 - dim)
 
 
-def unit_scores(layer: nn.Module, kind: GroupKind, criterion: Criterion, normalize: bool = True) -> torch.Tensor:
+def module_channel_scores(criterion: Criterion, module: nn.Module, dim: int) -> torch.Tensor | None:
+    """Per-channel scores of one projection along ``dim``.
+
+    The criterion's own ``channel_scores`` when it has one (``None``: it does not score this slice),
+    else its element scores summed per channel.
+    """
+    own = getattr(criterion, "channel_scores", None)
+    if own is not None:
+        return own(module, dim)
+    return channel_scores(criterion.element_scores(module), dim)
+
+
+def unit_scores(
+    layer: nn.Module, kind: GroupKind, criterion: Criterion, normalize: bool = True
+) -> torch.Tensor:
     """One score per unit of ``kind`` in ``layer``.
 
-    Each projection's per-channel sums are L2-normalised (per module) and then summed over the group's
-    modules, as in LoRAPrune.
+    Each projection's per-channel scores are L2-normalised (per module, when ``normalize``) and then
+    summed over the group's modules, as in LoRAPrune; ``normalize=False`` is LLM-Pruner's plain sum
+    (``group_reduction="sum"``).
     """
     total = torch.zeros(kind.num_units, dtype=torch.float32)
     for sl in kind.slices:
-        scores = channel_scores(criterion.element_scores(projection(layer, sl.module)), sl.dim).float().cpu()
+        scores = module_channel_scores(criterion, projection(layer, sl.module), sl.dim)
+        if scores is None:
+            continue
+        scores = scores.detach().float().cpu()
         if normalize:
             norm = scores.norm()
             scores = scores / norm if norm > 0 else scores
@@ -72,4 +90,3 @@ class MovingAverage:
 
     def __contains__(self, key: tuple[int, str]) -> bool:
         return key in self.values
-

@@ -71,18 +71,39 @@ class WandbLogger:
     """Weights & Biases: config, per-step values, per-layer kept widths, final metrics and tables.
 
     ``mode`` None lets ``WANDB_MODE`` decide (default online); ``offline`` writes under ``run_dir/wandb``.
+    ``group`` None under a Hydra multirun groups the sweep's runs together (:func:`hydra_sweep_group`).
+    Logged: the resolved config (``log_config``), ``train/loss``, ``train/lr``, ``train/ratio`` per step,
+    the per-layer ``kept_per_layer`` table, every final metric in the summary (``pruned/ppl/<set>``,
+    ``pruned/zeroshot/average_acc``, ``params/...``, ``memory/...``), and a one-row ``results`` table in
+    the paper's layout (:func:`loraprune.tables.flat_result`).
     """
 
-    def __init__(self, run_dir: Path, project: str, entity: str | None = None, name: str | None = None,
-                 group: str | None = None, tags: list[str] | None = None, mode: str | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        project: str,
+        entity: str | None = None,
+        name: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        mode: str | None = None,
+    ) -> None:
         import wandb
 
         mode = mode or os.environ.get("WANDB_MODE") or "online"
         if mode not in ("online", "offline", "disabled"):
             raise ValueError(f"logger.wandb.mode must be online, offline or disabled, got {mode!r}")
         self._wandb = wandb
-        self.run = wandb.init(project=project, entity=entity, name=name, group=group, tags=list(tags or []),
-                              mode=mode, dir=str(run_dir), reinit="finish_previous")
+        self.run = wandb.init(
+            project=project,
+            entity=entity,
+            name=name,
+            group=group or hydra_sweep_group(),
+            tags=list(tags or []),
+            mode=mode,
+            dir=str(run_dir),
+            reinit="finish_previous",
+        )
 
     def log_config(self, config: dict[str, Any]) -> None:
         self.run.config.update(config, allow_val_change=True)
@@ -91,14 +112,39 @@ class WandbLogger:
         self.run.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
-        for key, value in _flatten(metrics).items():
-            self.run.summary[key] = value
+        # one summary update; kept_per_layer goes in as a table (pipeline's log_table), not 3 keys per layer
+        flat = _flatten({k: v for k, v in metrics.items() if k != "kept_per_layer"})
+        self.run.summary.update(flat)
+        try:
+            from loraprune.tables import flat_result
+
+            row = flat_result(metrics)
+        except (KeyError, TypeError, ValueError) as err:  # partial metrics: the summary above still holds
+            log.warning("W&B results table skipped: %s", err)
+            return
+        self.log_table("results", list(row), [list(row.values())])
 
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         self.run.log({name: self._wandb.Table(columns=columns, data=rows)})
 
     def close(self) -> None:
         self.run.finish()
+
+
+def hydra_sweep_group() -> str | None:
+    """One W&B group per Hydra sweep: under ``-m``, the sweep directory as ``<parent>_<name>``
+    (``outputs/multirun/2024-05-01/14-03-22`` -> ``2024-05-01_14-03-22``); None outside a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except (ImportError, ValueError):  # no Hydra, or not inside a Hydra app
+        return None
+    if hydra_cfg.mode != RunMode.MULTIRUN or not hydra_cfg.sweep.dir:
+        return None
+    sweep = Path(str(hydra_cfg.sweep.dir))
+    return f"{sweep.parent.name}_{sweep.name}" if sweep.parent.name else sweep.name
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -139,7 +185,9 @@ class MultiLogger:
             lg.close()
 
 
-def build_logger(name: str, run_dir: Path, console_every: int = 10, wandb_kwargs: dict | None = None) -> MultiLogger:
+def build_logger(
+    name: str, run_dir: Path, console_every: int = 10, wandb_kwargs: dict | None = None
+) -> MultiLogger:
     """``jsonl`` (local files and console) or ``wandb`` (those plus W&B)."""
     base: list[Logger] = [JsonlLogger(run_dir), ConsoleLogger(console_every)]
     if name == "jsonl":

@@ -16,8 +16,9 @@ from loraprune.structure import GroupKind, Slice, projection
 MASKED_INPUT = {"attn": "o_proj", "mlp": "down_proj"}
 
 
-def select_lowest(scores: torch.Tensor, n_remove: int, removed: torch.Tensor,
-                  buckets: int = 1) -> torch.Tensor:
+def select_lowest(
+    scores: torch.Tensor, n_remove: int, removed: torch.Tensor, buckets: int = 1
+) -> torch.Tensor:
     """Boolean mask of removed units: the already ``removed`` ones plus the lowest-scoring others.
 
     With ``buckets > 1`` units are split into that many equal consecutive buckets (KV groups) and each
@@ -40,14 +41,17 @@ def select_lowest(scores: torch.Tensor, n_remove: int, removed: torch.Tensor,
     return out
 
 
-def select_global(scores: dict[int, torch.Tensor], n_remove_total: int,
-                  removed: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+def select_global(
+    scores: dict[int, torch.Tensor], n_remove_total: int, removed: dict[int, torch.Tensor]
+) -> dict[int, torch.Tensor]:
     """Global selection across layers: the lowest scores overall, never emptying a layer."""
     out = {k: v.clone() for k, v in removed.items()}
     need = n_remove_total - sum(int(v.sum()) for v in out.values())
     if need <= 0:
         return out
-    cands = [(float(s[i]), layer, i) for layer, s in scores.items() for i in range(s.numel()) if not out[layer][i]]
+    cands = [
+        (float(s[i]), layer, i) for layer, s in scores.items() for i in range(s.numel()) if not out[layer][i]
+    ]
     cands.sort()
     for _, layer, i in cands:
         if need == 0:
@@ -90,7 +94,9 @@ class UnitMasks:
             kind = self._kinds[kind_name]
             module = projection(layers[layer_idx], MASKED_INPUT[kind_name])
             weight = _any_weight(module)
-            keep = channel_keep_mask(kind, ~self.removed[(layer_idx, kind_name)]).to(weight.device, weight.dtype)
+            keep = channel_keep_mask(kind, ~self.removed[(layer_idx, kind_name)]).to(
+                weight.device, weight.dtype
+            )
             self._buffers[(layer_idx, kind_name)] = keep
             self._handles.append(module.register_forward_pre_hook(_multiply_input(keep)))
 

@@ -91,8 +91,9 @@ def byte_tokenizer():
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
 
 
 def tiny_model(spec: TinySpec, vocab_size: int = 259) -> nn.Module:
@@ -100,10 +101,17 @@ def tiny_model(spec: TinySpec, vocab_size: int = 259) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads, attention_bias=spec.attention_bias,
-        max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        attention_bias=spec.attention_bias,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
         pad_token_id=2,
     )
     torch.manual_seed(spec.seed)
@@ -122,8 +130,14 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    dtypes = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if name not in dtypes:
         raise ValueError(f"unknown dtype {name!r}; expected auto, {', '.join(dtypes)}")
     return dtypes[name]
@@ -156,7 +170,9 @@ def model_location(source: str, path: str | None) -> str | None:
             raise FileNotFoundError(f"model path {local} has no config.json")
         return str(local)
     if path.count("/") != 1:
-        raise ValueError(f"unknown model {path!r}: not a local directory and not a hub id of the form org/name")
+        raise ValueError(
+            f"unknown model {path!r}: not a local directory and not a hub id of the form org/name"
+        )
     return path
 
 
@@ -170,8 +186,16 @@ def load_config(source: str, path: str | None, tiny: TinySpec | None = None, rev
     return AutoConfig.from_pretrained(where, revision=revision)
 
 
-def load_model(source: str, path: str | None = None, *, tiny: TinySpec | None = None, dtype: str = "auto",
-               device: str = "auto", revision: str | None = None, attn_implementation: str | None = None):
+def load_model(
+    source: str,
+    path: str | None = None,
+    *,
+    tiny: TinySpec | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+):
     """Load ``(model, tokenizer)`` in eval mode on ``device``.
 
     Args:

@@ -12,21 +12,23 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from loraprune import data
+from loraprune import data, semistructured
 from loraprune.budget import ratio_for_param_fraction
-from loraprune.checkpoint import save_pruned, write_json
+from loraprune.calibration import end_one_shot, prepare_importance
+from loraprune.checkpoint import save_pruned, write_json, write_text
 from loraprune.config import LoraPruneConfig
 from loraprune.criteria import build_criterion
 from loraprune.evaluation.ppl import perplexity, tokenize_stream
 from loraprune.loggers import build_logger
 from loraprune.memory import PeakMemory
 from loraprune.models import TinySpec, load_config, load_model
+from loraprune.plan import PruningPlan
 from loraprune.pruner import IterativePruner, PrunerSettings
 from loraprune.schedule import build_schedule
-from loraprune.structure import Geometry, decoder_layers, projection
+from loraprune.structure import Geometry, decoder_layers, projection, removable_counts
 from loraprune.surgery import apply_plan, count_parameters, decoder_parameters, merge_lora
 from loraprune.train import StepHooks, TrainSettings, finetune, steps_for
-from loraprune.validation import excluded_layers, validate
+from loraprune.validation import ConfigError, effective_schedule, excluded_layers, validate
 
 log = logging.getLogger("loraprune")
 
@@ -52,22 +54,35 @@ def resolve_run_dir(cfg: LoraPruneConfig) -> Path:
 
 
 class PruningHooks(StepHooks):
-    """Connects the pruner to the training loop."""
+    """Connects the pruner to the training loop. Once the final ratio is reached it stops scoring (masks
+    never change again) and calls ``on_done`` once (e.g. to stop ∂L/∂W of the pretrained weights)."""
 
-    def __init__(self, pruner: IterativePruner, total_steps: int) -> None:
-        self.pruner, self.total_steps = pruner, total_steps
+    def __init__(self, pruner: IterativePruner, total_steps: int, on_done=None) -> None:
+        self.pruner, self.total_steps, self.on_done = pruner, total_steps, on_done
+        self.notified = False
+
+    def finished(self) -> bool:
+        return self.pruner.current_ratio >= self.pruner.settings.ratio
 
     def after_accumulation(self, step: int) -> None:
-        self.pruner.observe()
+        if not self.finished():
+            self.pruner.observe()
 
     def after_step(self, step: int) -> dict[str, float]:
-        return {"ratio": self.pruner.step(step, final_step=step == self.total_steps)}
+        ratio = self.pruner.step(step, final_step=step == self.total_steps)
+        if self.finished() and not self.notified:
+            self.notified = True
+            if self.on_done is not None:
+                self.on_done()
+        return {"ratio": ratio}
 
 
 def evaluate_ppl(model, tokenizer, cfg: LoraPruneConfig, streams: dict[str, torch.Tensor], tag: str) -> dict:
     e = cfg.eval
-    return {name: perplexity(model, ids, e.seq_len, e.max_windows, e.batch_size, desc=f"{tag} ppl {name}")
-            for name, ids in streams.items()}
+    return {
+        name: perplexity(model, ids, e.seq_len, e.max_windows, e.batch_size, desc=f"{tag} ppl {name}")
+        for name, ids in streams.items()
+    }
 
 
 def evaluate_zeroshot(model, tokenizer, cfg: LoraPruneConfig) -> dict | None:
@@ -86,33 +101,15 @@ def add_lora(model, cfg: LoraPruneConfig):
     from peft import get_peft_model
 
     lc = cfg.lora
-    peft_cfg = PeftLoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                              target_modules=list(lc.target_modules), bias="none", task_type="CAUSAL_LM")
+    peft_cfg = PeftLoraConfig(
+        r=lc.r,
+        lora_alpha=lc.alpha,
+        lora_dropout=lc.dropout,
+        target_modules=list(lc.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, peft_cfg)
-
-
-def enable_weight_grads(model, prunable: list[int], kinds) -> None:
-    """Let ∂L/∂W flow into the pruned projections' pretrained weights (the ``grad`` criterion)."""
-    layers = decoder_layers(model)
-    for i in prunable:
-        for kind in kinds:
-            for sl in kind.slices:
-                module = projection(layers[i], sl.module)
-                getattr(module, "base_layer", module).weight.requires_grad_(True)
-
-
-def calibrate(model, pruner: IterativePruner, samples: list[dict], batches: int, micro_batch_size: int,
-              pad_token_id: int) -> None:
-    """Forward/backward passes that only feed the importance average (no optimizer step)."""
-    device = next(p for p in model.parameters() if p.requires_grad).device
-    model.train()
-    for b in range(batches):
-        chunk = [samples[(b * micro_batch_size + j) % len(samples)] for j in range(micro_batch_size)]
-        batch = {k: v.to(device) for k, v in data.collate(chunk, pad_token_id).items()}
-        model(**batch).loss.backward()
-        pruner.observe()
-        model.zero_grad(set_to_none=True)
-    model.eval()
 
 
 def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
@@ -120,15 +117,21 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
     started = time.time()
     cfg = to_config(cfg)
     validate(cfg)
-    run_dir = resolve_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config_dict))
-    m, p, t = cfg.model, cfg.prune, cfg.trainer
+    m, p = cfg.model, cfg.prune
     tiny = TinySpec(**asdict(m.tiny))
     geo = Geometry.from_config(load_config(m.source, m.path, tiny, m.revision))
     excluded = excluded_layers(cfg, geo)
     prunable = [i for i in range(geo.num_layers) if i not in excluded]
+    if p.target == "groups":
+        try:
+            removable_counts(geo, p.attention_unit, p.ratio)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config_dict))
 
     wandb_kwargs = asdict(cfg.logger.wandb)
     wandb_kwargs["name"] = wandb_kwargs["name"] or run_dir.name
@@ -143,15 +146,38 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
 
 def _run(cfg, run_dir, geo, excluded, prunable, tiny, logger, started) -> dict[str, Any]:
     m, p, t = cfg.model, cfg.prune, cfg.trainer
+    schedule_name, at_step = effective_schedule(cfg)
+    one_shot_now = schedule_name == "one_shot" and at_step == 0
     torch.manual_seed(t.seed)
-    model, tokenizer = load_model(m.source, m.path, tiny=tiny, dtype=t.dtype, device=t.device,
-                                  revision=m.revision, attn_implementation=m.attn_implementation)
-    log.info("model %s: %d layers, %d heads / %d KV heads, MLP %d; pruning layers %s", m.name, geo.num_layers,
-             geo.num_heads, geo.num_kv_heads, geo.intermediate_size, prunable)
+    model, tokenizer = load_model(
+        m.source,
+        m.path,
+        tiny=tiny,
+        dtype=t.dtype,
+        device=t.device,
+        revision=m.revision,
+        attn_implementation=m.attn_implementation,
+    )
+    log.info(
+        "model %s: %d layers, %d heads / %d KV heads, MLP %d; pruning layers %s",
+        m.name,
+        geo.num_layers,
+        geo.num_heads,
+        geo.num_kv_heads,
+        geo.intermediate_size,
+        prunable,
+    )
     streams = {name: tokenize_stream(data.load_eval_text(name), tokenizer) for name in cfg.eval.ppl_sets}
-    spec = data.FinetuneDataSpec(name=cfg.data.name, kind=cfg.data.kind, nsamples=cfg.data.nsamples,
-                                 cutoff_len=cfg.data.cutoff_len, prompt_template=cfg.data.prompt_template,
-                                 train_on_inputs=cfg.data.train_on_inputs, seed=t.seed, field=cfg.data.field)
+    spec = data.FinetuneDataSpec(
+        name=cfg.data.name,
+        kind=cfg.data.kind,
+        nsamples=cfg.data.nsamples,
+        cutoff_len=cfg.data.cutoff_len,
+        prompt_template=cfg.data.prompt_template,
+        train_on_inputs=cfg.data.train_on_inputs,
+        seed=t.seed,
+        field=cfg.data.field,
+    )
     samples = data.build_finetune_dataset(spec, tokenizer)
     steps = t.steps if t.steps is not None else steps_for(t.epochs, len(samples), t.batch_size)
 
@@ -160,15 +186,31 @@ def _run(cfg, run_dir, geo, excluded, prunable, tiny, logger, started) -> dict[s
     ratio = p.ratio
     if p.target == "params":
         attn = projection(decoder_layers(model)[0], "q_proj")
-        ratio = ratio_for_param_fraction(geo, p.attention_unit, p.ratio, params_before, len(prunable),
-                                         attention_bias=attn.bias is not None)
+        ratio = ratio_for_param_fraction(
+            geo, p.attention_unit, p.ratio, params_before, len(prunable), attention_bias=attn.bias is not None
+        )
         log.info("target %.1f%% of parameters -> group ratio %.3f", 100 * p.ratio, ratio)
 
     metrics: dict[str, Any] = {
-        "run": {"dir": str(run_dir), "model": m.name, "method": cfg.method.name, "criterion": cfg.method.criterion,
-                "ratio": p.ratio, "target": p.target, "group_ratio": ratio, "attention_unit": p.attention_unit,
-                "schedule": p.schedule, "steps": steps, "data": cfg.data.name, "seed": t.seed},
-        "eval": {"seq_len": cfg.eval.seq_len, "max_windows": cfg.eval.max_windows, "sets": list(cfg.eval.ppl_sets)},
+        "run": {
+            "dir": str(run_dir),
+            "model": m.name,
+            "method": cfg.method.name,
+            "criterion": cfg.method.criterion,
+            "ratio": p.ratio,
+            "target": p.target,
+            "group_ratio": ratio,
+            "attention_unit": p.attention_unit,
+            "schedule": schedule_name,
+            "steps": steps,
+            "data": cfg.data.name,
+            "seed": t.seed,
+        },
+        "eval": {
+            "seq_len": cfg.eval.seq_len,
+            "max_windows": cfg.eval.max_windows,
+            "sets": list(cfg.eval.ppl_sets),
+        },
     }
     if cfg.eval.dense:
         metrics["dense"] = {"ppl": evaluate_ppl(model, tokenizer, cfg, streams, "dense")}
@@ -177,33 +219,81 @@ def _run(cfg, run_dir, geo, excluded, prunable, tiny, logger, started) -> dict[s
             metrics["dense"]["zeroshot"] = zs
         log.info("dense ppl: %s", _fmt(metrics["dense"]["ppl"]))
 
-    criterion = build_criterion(cfg.method.criterion)
-    settings = PrunerSettings(ratio=ratio, attention_unit=p.attention_unit, prune_freq=p.prune_freq,
-                              excluded_layers=excluded, selection=p.selection, prune_attention=p.prune_attention,
-                              prune_mlp=p.prune_mlp, ema_beta=cfg.method.ema_beta, ema_init=cfg.method.ema_init,
-                              normalize=cfg.method.normalize)
-    schedule = build_schedule(p.schedule, ratio, max(steps, 1), p.warmup, p.cooldown, p.at_step)
-    train_settings = TrainSettings(steps=steps if cfg.method.finetune else 0, batch_size=t.batch_size,
-                                   micro_batch_size=t.micro_batch_size, lr=t.lr, warmup_steps=t.warmup_steps,
-                                   weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed,
-                                   gradient_checkpointing=t.gradient_checkpointing)
+    criterion = build_criterion(cfg.method.criterion, cfg.method.options)
+    settings = PrunerSettings(
+        ratio=ratio,
+        attention_unit=p.attention_unit,
+        prune_freq=p.prune_freq,
+        excluded_layers=excluded,
+        selection=p.selection,
+        prune_attention=p.prune_attention,
+        prune_mlp=p.prune_mlp,
+        ema_beta=cfg.method.ema_beta,
+        ema_init=cfg.method.ema_init,
+        normalize=cfg.method.normalize,
+    )
+    schedule = build_schedule(schedule_name, ratio, max(steps, 1), p.warmup, p.cooldown, at_step)
+    train_settings = TrainSettings(
+        steps=steps if cfg.method.finetune else 0,
+        batch_size=t.batch_size,
+        micro_batch_size=t.micro_batch_size,
+        lr=t.lr,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        gradient_checkpointing=t.gradient_checkpointing,
+    )
     with PeakMemory() as mem:
         peft_model = add_lora(model, cfg)
-        pruner = IterativePruner(peft_model, geo, criterion, settings, schedule)
-        if criterion.needs_weight_grads:
-            enable_weight_grads(peft_model, pruner.prunable, pruner.kinds)
-        calib = int(cfg.method.options.get("calibration_batches", 0))
-        if calib or (p.schedule == "one_shot" and p.at_step == 0 and criterion.needs_weight_grads):
-            calibrate(peft_model, pruner, samples, max(calib, 1), t.micro_batch_size, tokenizer.pad_token_id)
-        if p.schedule == "one_shot" and p.at_step == 0 and ratio > 0:
-            pruner.prune_to(ratio)
-        train_summary = finetune(peft_model, samples, train_settings, tokenizer.pad_token_id,
-                                 PruningHooks(pruner, train_settings.steps), logger.log_step)
-        if pruner.current_ratio < ratio:
-            pruner.prune_to(ratio)  # e.g. no fine-tuning steps: reach the target before finalizing
-        plan = pruner.plan()
-        pruner.remove_hooks()
-    model = merge_lora(peft_model)
+        pruner, hooks, nm_masks = None, None, None
+        if p.pattern is not None:  # semi-structured N:M, one-shot at step 0; no group is removed
+            nm_masks = semistructured.prune_one_shot(
+                criterion,
+                peft_model,
+                prunable,
+                p.pattern,
+                samples,
+                cfg.method.options,
+                tokenizer.pad_token_id,
+            )
+            plan = PruningPlan(geo, p.attention_unit)
+        else:
+            pruner = IterativePruner(peft_model, geo, criterion, settings, schedule)
+            prepare_importance(
+                criterion,
+                peft_model,
+                pruner,
+                samples,
+                cfg.method.options,
+                t.micro_batch_size,
+                tokenizer.pad_token_id,
+                one_shot_now,
+            )
+            if one_shot_now and ratio > 0:
+                pruner.prune_to(ratio)
+                end_one_shot(criterion, peft_model, pruner)
+            hooks = PruningHooks(
+                pruner, train_settings.steps, on_done=lambda: end_one_shot(criterion, peft_model, pruner)
+            )
+        pruned_now = one_shot_now and (ratio > 0 or nm_masks is not None)
+        if pruned_now and train_settings.steps > 0:  # the one-shot result before LoRA recovery (masks on)
+            metrics["pruned_before_recovery"] = {
+                "ppl": evaluate_ppl(peft_model, tokenizer, cfg, streams, "before recovery")
+            }
+            log.info("one-shot ppl before recovery: %s", _fmt(metrics["pruned_before_recovery"]["ppl"]))
+        train_summary = finetune(
+            peft_model, samples, train_settings, tokenizer.pad_token_id, hooks, logger.log_step
+        )
+        if pruner is not None:
+            if pruner.current_ratio < ratio:
+                pruner.prune_to(ratio)  # e.g. no fine-tuning steps: reach the target before finalizing
+            plan = pruner.plan()
+            pruner.remove_hooks()
+    if nm_masks is None:
+        model = merge_lora(peft_model)
+    else:
+        model = semistructured.merge_through_masks(peft_model, nm_masks)  # keeps the N:M pattern
     for param in model.parameters():
         param.requires_grad_(False)
     apply_plan(model, plan)
@@ -212,12 +302,18 @@ def _run(cfg, run_dir, geo, excluded, prunable, tiny, logger, started) -> dict[s
     summary = plan.summary()
     metrics["train"] = train_summary
     metrics["pruned"] = {"ppl": evaluate_ppl(model, tokenizer, cfg, streams, "pruned")}
+    if pruned_now and "pruned_before_recovery" not in metrics:  # no recovery steps: the same model
+        metrics["pruned_before_recovery"] = {"ppl": dict(metrics["pruned"]["ppl"])}
+    if nm_masks is not None:
+        metrics["semistructured"] = semistructured.sparsity_report(model, nm_masks, p.pattern)
     zs = evaluate_zeroshot(model, tokenizer, cfg)
     if zs is not None:
         metrics["pruned"]["zeroshot"] = zs
     metrics["params"] = {
-        "total_before": params_before, "total_after": params_after,
-        "decoder_before": decoder_before, "decoder_after": decoder_after,
+        "total_before": params_before,
+        "total_after": params_after,
+        "decoder_before": decoder_before,
+        "decoder_after": decoder_after,
         "removed_fraction_total": 1 - params_after / params_before,
         "removed_fraction_decoder": 1 - decoder_after / decoder_before,
     }
@@ -231,11 +327,20 @@ def _run(cfg, run_dir, geo, excluded, prunable, tiny, logger, started) -> dict[s
     metrics["objective"] = next(iter(metrics["pruned"]["ppl"].values()), None)
     write_json(run_dir / "metrics.json", metrics)
     logger.log_metrics(metrics)
-    logger.log_table("kept_per_layer", ["layer", "q_heads", "kv_heads", "channels"],
-                     [[int(i), v["q_heads"], v["kv_heads"], v["channels"]] for i, v in summary.items()])
-    log.info("pruned ppl: %s | params %d -> %d (-%.2f%% total, -%.2f%% decoder) | %s", _fmt(metrics["pruned"]["ppl"]),
-             params_before, params_after, 100 * metrics["params"]["removed_fraction_total"],
-             100 * metrics["params"]["removed_fraction_decoder"], run_dir)
+    logger.log_table(
+        "kept_per_layer",
+        ["layer", "q_heads", "kv_heads", "channels"],
+        [[int(i), v["q_heads"], v["kv_heads"], v["channels"]] for i, v in summary.items()],
+    )
+    log.info(
+        "pruned ppl: %s | params %d -> %d (-%.2f%% total, -%.2f%% decoder) | %s",
+        _fmt(metrics["pruned"]["ppl"]),
+        params_before,
+        params_after,
+        100 * metrics["params"]["removed_fraction_total"],
+        100 * metrics["params"]["removed_fraction_decoder"],
+        run_dir,
+    )
     return metrics
 
 

@@ -27,7 +27,9 @@ class PruningPlan:
     layers: dict[int, LayerKeep] = field(default_factory=dict)
 
     @classmethod
-    def from_units(cls, geo: Geometry, unit: AttentionUnit, kept: dict[tuple[int, str], list[int]]) -> PruningPlan:
+    def from_units(
+        cls, geo: Geometry, unit: AttentionUnit, kept: dict[tuple[int, str], list[int]]
+    ) -> PruningPlan:
         """Turn kept unit indices per (layer, kind) into kept heads/channels."""
         plan = cls(geo, unit)
         rep = geo.queries_per_kv
@@ -53,7 +55,8 @@ class PruningPlan:
     @classmethod
     def from_dict(cls, d: dict) -> PruningPlan:
         return cls(
-            Geometry(**d["geometry"]), d["attention_unit"],
+            Geometry(**d["geometry"]),
+            d["attention_unit"],
             {int(i): LayerKeep(**lk) for i, lk in d["layers"].items()},
         )
 

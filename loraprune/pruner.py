@@ -41,8 +41,14 @@ class IterativePruner:
     then :meth:`step` after the optimizer step.
     """
 
-    def __init__(self, model: nn.Module, geo: Geometry, criterion: Criterion, settings: PrunerSettings,
-                 schedule: Callable[[int], float]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        geo: Geometry,
+        criterion: Criterion,
+        settings: PrunerSettings,
+        schedule: Callable[[int], float],
+    ) -> None:
         if settings.selection not in ("local", "global"):
             raise ValueError(f"prune.selection must be 'local' or 'global', got {settings.selection!r}")
         if settings.prune_freq < 1:
@@ -65,14 +71,16 @@ class IterativePruner:
     @property
     def buckets(self) -> int:
         """Equal-removal buckets for attention units (KV groups for ``query_head`` on GQA)."""
-        return self.geo.num_kv_heads if self.settings.attention_unit == "query_head" else 1
+        gqa = self.geo.queries_per_kv > 1
+        return self.geo.num_kv_heads if self.settings.attention_unit == "query_head" and gqa else 1
 
     @torch.no_grad()
     def current_scores(self) -> dict[tuple[int, str], torch.Tensor]:
         """This step's importance per (layer, kind) from the criterion."""
         return {
             (i, kind.name): unit_scores(self.layers[i], kind, self.criterion, self.settings.normalize)
-            for i in self.prunable for kind in self.kinds
+            for i in self.prunable
+            for kind in self.kinds
         }
 
     def observe(self) -> bool:
@@ -101,11 +109,15 @@ class IterativePruner:
             scores = {i: self.ema.get((i, kind.name)) for i in self.prunable}
             if self.settings.selection == "global":
                 if buckets > 1:
-                    raise ValueError("global selection with prune.attention_unit=query_head on a GQA model is "
-                                     "not supported; use kv_group or local selection")
+                    raise ValueError(
+                        "global selection with prune.attention_unit=query_head on a GQA model is "
+                        "not supported; use kv_group or local selection"
+                    )
                 new = select_global(scores, counts[kind.name] * len(self.prunable), removed)
             else:
-                new = {i: select_lowest(scores[i], counts[kind.name], removed[i], buckets) for i in self.prunable}
+                new = {
+                    i: select_lowest(scores[i], counts[kind.name], removed[i], buckets) for i in self.prunable
+                }
             for i in self.prunable:
                 self.masks.set(i, kind, new[i])
         self.current_ratio = ratio

@@ -68,8 +68,9 @@ class LinearSchedule:
         return self.final * (step - start) / (end - start)
 
 
-def build_schedule(kind: str, final: float, total_steps: int, warmup: float = 0.0, cooldown: float = 0.0,
-                   at_step: int = 0):
+def build_schedule(
+    kind: str, final: float, total_steps: int, warmup: float = 0.0, cooldown: float = 0.0, at_step: int = 0
+):
     """A schedule by name: ``cubic``, ``linear`` or ``one_shot``."""
     if kind == "cubic":
         return CubicSchedule(final, total_steps, warmup, cooldown)

@@ -52,7 +52,9 @@ class Geometry:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         if heads % kv:
             raise ValueError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}")
-        return cls(config.num_hidden_layers, config.hidden_size, heads, kv, head_dim, config.intermediate_size)
+        return cls(
+            config.num_hidden_layers, config.hidden_size, heads, kv, head_dim, config.intermediate_size
+        )
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,11 @@ def attention_kind(geo: Geometry, unit: AttentionUnit) -> GroupKind:
 def mlp_kind(geo: Geometry) -> GroupKind:
     """The MLP channel group kind."""
     ch = torch.arange(geo.intermediate_size)
-    return GroupKind("mlp", geo.intermediate_size, (Slice("gate_proj", 0, ch), Slice("up_proj", 0, ch), Slice("down_proj", 1, ch)))
+    return GroupKind(
+        "mlp",
+        geo.intermediate_size,
+        (Slice("gate_proj", 0, ch), Slice("up_proj", 0, ch), Slice("down_proj", 1, ch)),
+    )
 
 
 def group_kinds(geo: Geometry, unit: AttentionUnit) -> tuple[GroupKind, GroupKind]:
@@ -167,6 +173,6 @@ def removable_counts(geo: Geometry, unit: AttentionUnit, ratio: float) -> dict[s
     if counts["attn"] >= attn.num_units:
         raise ValueError(
             f"ratio {ratio} would remove every attention unit of a layer ({attn.num_units} {unit} units);"
-            f" use a smaller ratio or prune.attention_unit={'query_head' if unit == 'kv_group' else 'kv_group'}"
+            f" use a smaller ratio or another prune.attention_unit"
         )
     return counts

@@ -19,12 +19,14 @@ def merge_lora(model: nn.Module) -> nn.Module:
 def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
     """Keep only ``index`` along ``dim`` (0: output rows, 1: input columns) of a linear layer, in place."""
     index = index.to(linear.weight.device)
-    linear.weight = nn.Parameter(linear.weight.data.index_select(dim, index).clone(),
-                                 requires_grad=linear.weight.requires_grad)
+    linear.weight = nn.Parameter(
+        linear.weight.data.index_select(dim, index).clone(), requires_grad=linear.weight.requires_grad
+    )
     if dim == 0:
         if linear.bias is not None:
-            linear.bias = nn.Parameter(linear.bias.data.index_select(0, index).clone(),
-                                       requires_grad=linear.bias.requires_grad)
+            linear.bias = nn.Parameter(
+                linear.bias.data.index_select(0, index).clone(), requires_grad=linear.bias.requires_grad
+            )
         linear.out_features = int(index.numel())
     else:
         linear.in_features = int(index.numel())
@@ -39,8 +41,10 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
         attn, mlp = layer.self_attn, layer.mlp
         if keep.q_heads is not None:
             if len(keep.q_heads) % len(keep.kv_heads):
-                raise ValueError(f"layer {idx}: {len(keep.q_heads)} query heads do not divide over "
-                                 f"{len(keep.kv_heads)} KV heads")
+                raise ValueError(
+                    f"layer {idx}: {len(keep.q_heads)} query heads do not divide over "
+                    f"{len(keep.kv_heads)} KV heads"
+                )
             q_rows = head_channels(keep.q_heads, hd)
             kv_rows = head_channels(keep.kv_heads, hd)
             slice_linear(attn.q_proj, q_rows, 0)
@@ -48,7 +52,10 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
             slice_linear(attn.v_proj, kv_rows, 0)
             slice_linear(attn.o_proj, q_rows, 1)
             attn.num_key_value_groups = len(keep.q_heads) // len(keep.kv_heads)
-            for name, value in (("num_heads", len(keep.q_heads)), ("num_key_value_heads", len(keep.kv_heads))):
+            for name, value in (
+                ("num_heads", len(keep.q_heads)),
+                ("num_key_value_heads", len(keep.kv_heads)),
+            ):
                 if hasattr(attn, name):
                     setattr(attn, name, value)
         if keep.channels is not None:

@@ -30,8 +30,10 @@ class TrainSettings:
         if self.steps < 0:
             raise ValueError(f"trainer.steps must be >= 0, got {self.steps}")
         if self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size:
-            raise ValueError(f"trainer.batch_size ({self.batch_size}) must be a multiple of "
-                             f"trainer.micro_batch_size ({self.micro_batch_size})")
+            raise ValueError(
+                f"trainer.batch_size ({self.batch_size}) must be a multiple of "
+                f"trainer.micro_batch_size ({self.micro_batch_size})"
+            )
 
     @property
     def accumulation(self) -> int:
@@ -68,8 +70,14 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
 
 
-def finetune(model: nn.Module, samples: Sequence[dict], settings: TrainSettings, pad_token_id: int,
-             hooks: StepHooks | None = None, log: Callable[[dict], None] | None = None) -> dict[str, float]:
+def finetune(
+    model: nn.Module,
+    samples: Sequence[dict],
+    settings: TrainSettings,
+    pad_token_id: int,
+    hooks: StepHooks | None = None,
+    log: Callable[[dict], None] | None = None,
+) -> dict[str, float]:
     """Fine-tune the LoRA parameters for ``settings.steps`` optimizer steps.
 
     Returns summary values: steps, tokens seen, first and last loss.
@@ -77,8 +85,9 @@ def finetune(model: nn.Module, samples: Sequence[dict], settings: TrainSettings,
     if settings.steps == 0:
         return {"steps": 0, "tokens": 0}
     if len(samples) < settings.micro_batch_size:
-        raise ValueError(f"{len(samples)} fine-tune samples are fewer than one micro-batch "
-                         f"({settings.micro_batch_size})")
+        raise ValueError(
+            f"{len(samples)} fine-tune samples are fewer than one micro-batch ({settings.micro_batch_size})"
+        )
     hooks = hooks or StepHooks()
     params = trainable_parameters(model)
     if not params:
@@ -112,7 +121,13 @@ def finetune(model: nn.Module, samples: Sequence[dict], settings: TrainSettings,
         model.zero_grad(set_to_none=True)
         extra = hooks.after_step(step)
         first_loss = loss_value if first_loss is None else first_loss
-        record = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens": tokens, **extra}
+        record = {
+            "step": step,
+            "loss": loss_value,
+            "lr": scheduler.get_last_lr()[0],
+            "tokens": tokens,
+            **extra,
+        }
         bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in extra.items()})
         if log:
             log(record)

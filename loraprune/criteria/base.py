@@ -13,6 +13,17 @@ class Criterion(Protocol):
     """Maps one projection to a score per weight element (same shape as its weight).
 
     ``needs_weight_grads`` marks criteria that need ``∂L/∂W`` of the pretrained weights (memory-hungry).
+
+    Optional extensions, used when a criterion defines them:
+
+    * ``channel_scores(module, dim) -> Tensor | None``: one score per output row (``dim=0``) or input
+      column (``dim=1``), for criteria that are not sums of element scores (LLM-Pruner's ``vector``
+      Taylor) or that score only some slices of a group (``None``: the slice adds nothing).
+      :func:`loraprune.importance.unit_scores` prefers it to summing ``element_scores``.
+    * ``calibrate(model, modules, batches) -> None`` and ``release() -> None``: criteria that need their
+      own statistics from calibration data (true gradients, input-activation norms) before a one-shot
+      prune at step 0; see :mod:`loraprune.calibration`. ``calibration_defaults`` gives their default
+      ``(samples, seq_len)``.
     """
 
     name: str
@@ -47,7 +58,9 @@ def lora_tensors(module: nn.Module) -> LoraTensors:
         name = active[0]
         if name in module.lora_A:
             return LoraTensors(
-                module.base_layer.weight, module.lora_A[name].weight, module.lora_B[name].weight,
+                module.base_layer.weight,
+                module.lora_A[name].weight,
+                module.lora_B[name].weight,
                 float(module.scaling[name]),
             )
         return LoraTensors(module.base_layer.weight, None, None, 0.0)

@@ -24,7 +24,9 @@ class LoraGradCriterion:
     def element_scores(self, module: nn.Module) -> torch.Tensor:
         t = lora_tensors(module)
         if t.lora_a is None:
-            raise ValueError("the loraprune criterion needs LoRA on every pruned projection (lora.target_modules)")
+            raise ValueError(
+                "the loraprune criterion needs LoRA on every pruned projection (lora.target_modules)"
+            )
         if t.lora_a.grad is None or t.lora_b.grad is None:
             raise RuntimeError("LoRA gradients are missing: call backward() before scoring")
         a, b = t.lora_a.detach().float(), t.lora_b.detach().float()

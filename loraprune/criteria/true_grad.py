@@ -17,5 +17,7 @@ class TrueGradCriterion:
     def element_scores(self, module: nn.Module) -> torch.Tensor:
         t = lora_tensors(module)
         if t.weight.grad is None:
-            raise RuntimeError("∂L/∂W is missing: the grad criterion needs requires_grad on the pruned weights")
+            raise RuntimeError(
+                "∂L/∂W is missing: the grad criterion needs requires_grad on the pruned weights"
+            )
         return (t.weight.grad.float() * t.effective_weight()).abs()

@@ -29,8 +29,14 @@ def windows(ids: torch.Tensor, seq_len: int, max_windows: int | None = None) -> 
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, ids: torch.Tensor, seq_len: int = 128, max_windows: int | None = None,
-               batch_size: int = 8, desc: str = "ppl") -> float:
+def perplexity(
+    model: nn.Module,
+    ids: torch.Tensor,
+    seq_len: int = 128,
+    max_windows: int | None = None,
+    batch_size: int = 8,
+    desc: str = "ppl",
+) -> float:
     """PPL = exp(mean NLL over every predicted token of every window)."""
     was_training = model.training
     model.eval()

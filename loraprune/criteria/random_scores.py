@@ -1,0 +1,32 @@
+"""The random baseline (LLM-Pruner's ``RandomImportance``): seeded uniform scores per channel.
+
+Every unit of a group kind owns the same number of channels in each slice, so summing the slices' random
+channel scores still ranks units uniformly at random. Scores are drawn in the (fixed) order the pruner
+asks for them, from one generator seeded by ``method.options.seed``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from loraprune.criteria.base import lora_tensors
+
+
+class RandomCriterion:
+    """Uniform random channel scores from a seeded generator."""
+
+    name = "random"
+    needs_weight_grads = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def element_scores(self, module: nn.Module) -> torch.Tensor:
+        shape = lora_tensors(module).weight.shape
+        return torch.rand(shape, generator=self.generator)
+
+    def channel_scores(self, module: nn.Module, dim: int) -> torch.Tensor:
+        n = lora_tensors(module).weight.shape[dim]
+        return torch.rand(n, generator=self.generator)

@@ -1,0 +1,223 @@
+"""Semi-structured N:M sparsity (``prune.pattern: "2:4"``): in every row of every pruned projection, each
+group of ``M`` consecutive input weights keeps ``N`` (NVIDIA's convention; 2:4 zeroes two of every four).
+
+Weights are chosen one-shot at step 0, before LoRA recovery, by any criterion's element scores
+(``magnitude`` |W|, ``wanda`` |W|·‖X‖, ``loraprune`` |G⊙W| from LoRA gradients on calibration samples,
+...) or by SparseGPT's OBS solver (``sparsegpt``, which also updates the kept weights). The pretrained
+weights are zeroed at the dropped positions; LoRA then trains densely and is merged *through the mask*,
+``W ← (W + s·B·A) ⊙ M``, so the merged model keeps the pattern exactly.
+
+Projections: all seven of every prunable layer (``prune.exclude_*`` / ``method.options.layer_range``;
+Wanda and SparseGPT prune every layer: ``prune.exclude_layers=[]``). ``prune.ratio`` does not apply.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from loraprune.calibration import (
+    accumulate_gradients,
+    calibration_batches,
+    has_own_calibration,
+    needs_gradients,
+    pretrained_weight,
+)
+from loraprune.criteria.base import lora_tensors
+from loraprune.structure import ALL_PROJECTIONS, decoder_layers, projection
+from loraprune.surgery import merge_lora
+
+log = logging.getLogger(__name__)
+
+Masks = dict[tuple[int, str], torch.Tensor]
+
+
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    """``"N:M"`` → ``(N, M)``: ``N`` weights kept in every group of ``M`` (``0 < N < M``)."""
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
+    if not match:
+        raise ValueError(f"prune.pattern must look like '2:4' (N kept of every M), got {pattern!r}")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise ValueError(f"prune.pattern {pattern!r}: need 0 < N < M")
+    return n, m
+
+
+def nm_keep_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Boolean keep mask: per row, the ``n`` highest scores of each ``m`` consecutive columns."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise ValueError(f"{cols} input features are not a multiple of the pattern's group size {m}")
+    groups = scores.reshape(rows, cols // m, m)
+    keep = torch.zeros(groups.shape, dtype=torch.bool, device=scores.device)
+    keep.scatter_(-1, torch.topk(groups, n, dim=-1).indices, True)
+    return keep.reshape(rows, cols)
+
+
+def is_nm_sparse(weight: torch.Tensor, n: int, m: int) -> bool:
+    """Whether every group of ``m`` consecutive inputs of every row has at most ``n`` non-zeros."""
+    rows, cols = weight.shape
+    if cols % m:
+        return False
+    return bool(((weight.reshape(rows, cols // m, m) != 0).sum(-1) <= n).all())
+
+
+def inverse_hessian_factor(
+    weight: torch.Tensor, hessian: torch.Tensor, percdamp: float = 0.01
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W', U)``: ``W`` (float32) with the columns of dead inputs (``H_jj = 0``) zeroed, and the upper
+    Cholesky factor ``U`` of the dampened ``H⁻¹`` (``H⁻¹ = UᵀU``), as SparseGPT uses it."""
+    w = weight.detach().float().clone()
+    h = hessian.detach().float().clone().to(w.device)
+    dead = h.diag() == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    idx = torch.arange(h.shape[0], device=h.device)
+    h[idx, idx] += percdamp * h.diag().mean()
+    h_inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    return w, torch.linalg.cholesky(h_inv, upper=True)
+
+
+def obs_prune_nm(
+    weight: torch.Tensor, hessian: torch.Tensor, n: int, m: int, blocksize: int = 128, percdamp: float = 0.01
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT's N:M pruning of one weight (rows × inputs) with input Hessian ``H``.
+
+    Columns are visited left to right in blocks of ``blocksize``; at the start of each group of ``m``
+    columns the ``m − n`` weights of each row with the lowest ``w²/U_jj²`` (on the already updated
+    weights) are dropped; each visited column's error ``(w − q)/U_jj`` is propagated to the columns on its
+    right through row ``j`` of ``U`` (lazily across blocks). Returns the new weight (exact zeros where
+    dropped, in ``weight``'s dtype) and the keep mask.
+    """
+    if blocksize % m:
+        raise ValueError(f"sparsegpt blocksize {blocksize} must be a multiple of the group size {m}")
+    w, u = inverse_hessian_factor(weight, hessian, percdamp)
+    rows, cols = w.shape
+    if cols % m:
+        raise ValueError(f"{cols} input features are not a multiple of the pattern's group size {m}")
+    keep = torch.ones(rows, cols, dtype=torch.bool, device=w.device)
+    for b0 in range(0, cols, blocksize):
+        b1 = min(b0 + blocksize, cols)
+        wb, ub = w[:, b0:b1].clone(), u[b0:b1, b0:b1]
+        err = torch.zeros_like(wb)
+        for j in range(b1 - b0):
+            if j % m == 0:
+                saliency = wb[:, j : j + m] ** 2 / ub.diag()[j : j + m][None, :] ** 2
+                drop = torch.topk(saliency, m - n, dim=1, largest=False).indices
+                keep[:, b0 + j : b0 + j + m].scatter_(1, drop, False)
+            col = wb[:, j]
+            q = col * keep[:, b0 + j]
+            err[:, j] = (col - q) / ub[j, j]
+            wb[:, j:] -= err[:, j : j + 1] * ub[j : j + 1, j:]
+            wb[:, j] = q
+        w[:, b0:b1] = wb
+        w[:, b1:] -= err @ u[b0:b1, b1:]
+    return (w * keep).to(weight.dtype), keep
+
+
+def targets(model: nn.Module, prunable: Sequence[int]) -> list[tuple[int, str, nn.Module]]:
+    """``(layer, name, module)`` of every projection of the prunable layers."""
+    layers = decoder_layers(model)
+    return [(i, name, projection(layers[i], name)) for i in prunable for name in ALL_PROJECTIONS]
+
+
+def _lora_params(modules: Sequence[nn.Module]) -> list[nn.Parameter]:
+    out = []
+    for module in modules:
+        t = lora_tensors(module)
+        if t.lora_a is None:
+            raise ValueError("the loraprune criterion needs LoRA on every pruned projection")
+        out += [t.lora_a, t.lora_b]
+    return out
+
+
+def prune_one_shot(
+    criterion,
+    model: nn.Module,
+    prunable: Sequence[int],
+    pattern: str,
+    samples: list[dict],
+    options: Mapping[str, Any],
+    pad_token_id: int,
+) -> Masks:
+    """Impose ``pattern`` on the pretrained weights of every projection of the ``prunable`` layers.
+
+    Calibration (``calibration_samples`` of ``calibration_seq_len`` tokens): the criterion's own
+    statistics, or gradients (LoRA's for ``loraprune``, ∂L/∂W for ``grad``). Returns the keep masks.
+    """
+    n, m = parse_pattern(pattern)
+    chosen = targets(model, prunable)
+    modules = [module for _, _, module in chosen]
+    for i, name, module in chosen:
+        if pretrained_weight(module).shape[1] % m:
+            raise ValueError(
+                f"layer {i} {name}: {pretrained_weight(module).shape[1]} inputs are not a "
+                f"multiple of {m} ({pattern})"
+            )
+    device = pretrained_weight(modules[0]).device
+    default_n, default_len = getattr(criterion, "calibration_defaults", (10, None))
+    seq_len = options.get("calibration_seq_len", default_len)
+    wants_lora_grads = criterion.name == "loraprune"
+    calibrated = has_own_calibration(criterion) or needs_gradients(criterion)
+    if calibrated:
+        batches = calibration_batches(
+            samples,
+            int(options.get("calibration_samples") or default_n),
+            int(seq_len) if seq_len else None,
+            pad_token_id,
+            device,
+        )
+        if has_own_calibration(criterion):
+            criterion.calibrate(model, modules, batches)
+        else:
+            params = _lora_params(modules) if wants_lora_grads else [pretrained_weight(x) for x in modules]
+            accumulate_gradients(model, params, batches)
+    solve = getattr(criterion, "solve", None)
+    masks: Masks = {}
+    with torch.no_grad():
+        for i, name, module in chosen:
+            weight = pretrained_weight(module)
+            if callable(solve):
+                new, keep = solve(module, n, m)
+                weight.copy_(new.to(weight.device, weight.dtype))
+            else:
+                keep = nm_keep_mask(criterion.element_scores(module).to(weight.device), n, m)
+                weight.mul_(keep.to(weight.dtype))
+            masks[(i, name)] = keep.to(weight.device)
+    release = getattr(criterion, "release", None)
+    if callable(release):
+        release()
+    for p in model.parameters():  # scores are done: no calibration gradient must leak into training
+        p.grad = None
+    log.info("%s sparsity imposed on %d projections with %s", pattern, len(chosen), criterion.name)
+    return masks
+
+
+def merge_through_masks(model: nn.Module, masks: Masks) -> nn.Module:
+    """Merge LoRA (``W + s·B·A``) and re-apply the keep masks, so the merged weights keep the pattern."""
+    merged = merge_lora(model)
+    layers = decoder_layers(merged)
+    with torch.no_grad():
+        for (i, name), keep in masks.items():
+            weight = projection(layers[i], name).weight
+            weight.mul_(keep.to(weight.device, weight.dtype))
+    return merged
+
+
+def sparsity_report(model: nn.Module, masks: Masks, pattern: str) -> dict[str, Any]:
+    """Zero fraction over the pruned projections and whether every row follows ``pattern`` exactly."""
+    n, m = parse_pattern(pattern)
+    layers = decoder_layers(model)
+    zeros = total = 0
+    exact = True
+    for i, name in masks:
+        weight = projection(layers[i], name).weight
+        zeros += int((weight == 0).sum())
+        total += weight.numel()
+        exact = exact and is_nm_sparse(weight, n, m)
+    return {"pattern": pattern, "projections": len(masks), "sparsity": zeros / max(total, 1), "exact": exact}

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny random LLaMA models and composing the real Hydra config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraprune.models import TinySpec, load_model
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+TINY_CASES = {
+    "mha": TinySpec(num_heads=4, num_kv_heads=4),
+    "gqa_bias": TinySpec(num_heads=8, num_kv_heads=2, attention_bias=True),
+}
+
+
+@pytest.fixture(params=sorted(TINY_CASES))
+def tiny(request):
+    """(model, tokenizer) for each tiny geometry: MHA and GQA with q/k/v bias."""
+    return load_model("tiny", tiny=TINY_CASES[request.param], dtype="float32", device="cpu")
+
+
+@pytest.fixture
+def tokens():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(3, 259, (2, 24), generator=g)
+
+
+def compose(*overrides: str):
+    """The real config composed with ``overrides`` (as the CLI would)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from loraprune.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))

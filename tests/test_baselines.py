@@ -1,0 +1,506 @@
+"""Baselines of issue 3: LLM-Pruner (Taylor), L1/L2, random and Wanda-sp as criteria + one-shot methods."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from loraprune.calibration import (
+    calibration_batches,
+    end_one_shot,
+    input_square_norms,
+    prepare_importance,
+    weight_gradients,
+)
+from loraprune.criteria import build_criterion
+from loraprune.importance import module_channel_scores, unit_scores
+from loraprune.models import TinySpec, load_model
+from loraprune.pruner import IterativePruner, PrunerSettings
+from loraprune.schedule import OneShotSchedule
+from loraprune.structure import (
+    ALL_PROJECTIONS,
+    Geometry,
+    decoder_layers,
+    mlp_kind,
+    projection,
+    removable_counts,
+)
+from loraprune.surgery import apply_plan, merge_lora
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+ONE_SHOT_METHODS = ("llm_pruner", "l1", "l2", "random", "wanda_sp")
+CASES = {
+    "mha": TinySpec(num_heads=4, num_kv_heads=4),
+    "gqa": TinySpec(num_heads=8, num_kv_heads=2, attention_bias=True),
+}
+
+# ------------------------------------------------------------------ a 4×3 projection with set W, ∂L/∂W, F
+W = torch.tensor([[1.0, -2.0, 0.0], [3.0, 1.0, -1.0], [0.0, 2.0, 2.0], [-1.0, 0.0, 1.0]])
+G = torch.tensor([[0.5, 1.0, 2.0], [-1.0, 0.5, 0.0], [1.0, -1.0, 0.5], [2.0, 0.0, -1.0]])
+F = torch.tensor([[1.0] * 3, [1.0] * 3, [2.0] * 3, [0.0] * 3])  # Fisher diagonal: 1, 1, 2, 0 per row
+# W·G = [[0.5, -2, 0], [-3, 0.5, 0], [0, -2, 1], [-2, 0, -1]]
+# ½·W²·F = [[0.5, 2, 0], [4.5, 0.5, 0.5], [0, 4, 4], [0, 0, 0]]
+
+
+def _toy_linear() -> nn.Linear:
+    lin = nn.Linear(3, 4, bias=False)  # in 3, out 4: the weight is 4×3
+    with torch.no_grad():
+        lin.weight.copy_(W)
+    lin.weight.grad = G.clone()
+    return lin
+
+
+def _columns(name: str, **options) -> torch.Tensor:
+    crit = build_criterion(name, options)
+    lin = _toy_linear()
+    if name == "llm_pruner":
+        crit.fisher = {lin.weight: F}
+    return module_channel_scores(crit, lin, dim=1), module_channel_scores(crit, lin, dim=0), crit, lin
+
+
+def test_llm_pruner_element1_by_hand():
+    cols, rows, *_ = _columns("llm_pruner", taylor="element1")
+    # |W·G| summed down each column / along each row
+    assert torch.allclose(cols, torch.tensor([0.5 + 3 + 0 + 2, 2 + 0.5 + 2 + 0, 0 + 0 + 1 + 1]))
+    assert torch.allclose(rows, torch.tensor([2.5, 3.5, 3.0, 3.0]))
+
+
+def test_llm_pruner_element2_by_hand():
+    cols, rows, *_ = _columns("llm_pruner", taylor="element2")
+    assert torch.allclose(cols, torch.tensor([0.5 + 4.5, 2 + 0.5 + 4, 0.5 + 4]))
+    assert torch.allclose(rows, torch.tensor([2.5, 5.5, 8.0, 0.0]))
+
+
+def test_llm_pruner_mix_by_hand():
+    # |W·G − ½W²F| = [[0, 4, 0], [7.5, 0, 0.5], [0, 6, 3], [2, 0, 1]] (LLM-Pruner's param_mix sign)
+    cols, rows, crit, lin = _columns("llm_pruner", taylor="mix")
+    assert torch.allclose(cols, torch.tensor([9.5, 10.0, 4.5]))
+    assert torch.allclose(rows, torch.tensor([4.0, 8.0, 9.0, 3.0]))
+    assert torch.allclose(crit.element_scores(lin).sum(0), cols)
+    # the reference names select the same variants
+    assert build_criterion("llm_pruner", {"taylor": "param_mix"}).taylor == "mix"
+
+
+def test_llm_pruner_vector_sums_signed_products_before_abs():
+    cols, rows, crit, lin = _columns("llm_pruner", taylor="vector")
+    # |Σ W·G| per column: |0.5−3+0−2|, |−2+0.5−2+0|, |0+0+1−1|
+    assert torch.allclose(cols, torch.tensor([4.5, 3.5, 0.0]))
+    assert torch.allclose(rows, torch.tensor([1.5, 2.5, 1.0, 3.0]))
+    with pytest.raises(ValueError):
+        crit.element_scores(lin)
+
+
+def test_l1_l2_by_hand():
+    cols, rows, *_ = _columns("l1")
+    assert torch.allclose(cols, torch.tensor([5.0, 5.0, 4.0]))
+    assert torch.allclose(rows, torch.tensor([3.0, 5.0, 4.0, 2.0]))
+    cols, rows, *_ = _columns("l2")
+    assert torch.allclose(cols, torch.tensor([11.0, 9.0, 6.0]))
+    assert torch.allclose(rows, torch.tensor([5.0, 11.0, 8.0, 2.0]))
+
+
+def test_wanda_sp_by_hand():
+    crit = build_criterion("wanda_sp")
+    lin = _toy_linear()
+    crit.input_sq_norms = {lin: torch.tensor([4.0, 1.0, 9.0])}  # ‖X_j‖ = 2, 1, 3
+    # column j: ‖X_j‖·Σ_i |W_ij| = 2·5, 1·5, 3·4; rows are not scored (FLAP scores o/down columns only)
+    assert torch.allclose(module_channel_scores(crit, lin, 1), torch.tensor([10.0, 5.0, 12.0]))
+    assert module_channel_scores(crit, lin, 0) is None
+    crit_all = build_criterion("wanda_sp", {"slices": "all"})
+    crit_all.input_sq_norms = crit.input_sq_norms
+    # row i: Σ_j |W_ij|·‖X_j‖ = 1·2+2·1+0, 3·2+1·1+1·3, 0+2·1+2·3, 1·2+0+1·3
+    assert torch.allclose(module_channel_scores(crit_all, lin, 0), torch.tensor([4.0, 10.0, 8.0, 5.0]))
+
+
+def test_random_is_seeded():
+    lin = _toy_linear()
+    a = build_criterion("random", {"seed": 3}).channel_scores(lin, 1)
+    b = build_criterion("random", {"seed": 3}).channel_scores(lin, 1)
+    c = build_criterion("random", {"seed": 4}).channel_scores(lin, 1)
+    assert a.shape == (3,) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _toy_mlp_layer() -> nn.Module:
+    """A decoder-like layer whose MLP has hidden 4, intermediate 3: down_proj is the 4×3 toy."""
+    layer = nn.Module()
+    layer.self_attn, layer.mlp = nn.Module(), nn.Module()
+    layer.mlp.gate_proj = nn.Linear(4, 3, bias=False)
+    layer.mlp.up_proj = nn.Linear(4, 3, bias=False)
+    layer.mlp.down_proj = _toy_linear()
+    with torch.no_grad():
+        layer.mlp.gate_proj.weight.copy_(torch.tensor([[1.0] * 4, [-2.0] * 4, [3.0] * 4]))
+        layer.mlp.up_proj.weight.copy_(torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0] * 4, [0.5] * 4]))
+    for name in ("gate_proj", "up_proj"):
+        lin = getattr(layer.mlp, name)
+        lin.weight.grad = torch.ones_like(lin.weight)
+    return layer
+
+
+def test_group_scores_sum_modules_without_normalisation():
+    layer = _toy_mlp_layer()
+    kind = mlp_kind(Geometry(1, 4, 1, 1, 4, 3))
+    # l1, channel c: Σ|gate[c,:]| + Σ|up[c,:]| + Σ|down[:,c]| = (4+1+5, 8+0+5, 12+2+4)
+    l1 = unit_scores(layer, kind, build_criterion("l1"), normalize=False)
+    assert torch.allclose(l1, torch.tensor([10.0, 13.0, 18.0]))
+    # vector Taylor (g = 1 on gate/up): |Σ gate[c,:]| + |Σ up[c,:]| + |Σ_i (W·G)[i,c]|
+    crit = build_criterion("llm_pruner", {"taylor": "vector"})
+    vec = unit_scores(layer, kind, crit, normalize=False)
+    assert torch.allclose(vec, torch.tensor([4 + 1 + 4.5, 8 + 0 + 3.5, 12 + 2 + 0.0]))
+    # LoRAPrune-style per-module L2 normalisation is still available (method.normalize: true)
+    normed = unit_scores(layer, kind, build_criterion("l1"), normalize=True)
+    expected = (
+        torch.tensor([4.0, 8, 12]) / torch.tensor([4.0, 8, 12]).norm()
+        + torch.tensor([1.0, 0, 2]) / torch.tensor([1.0, 0, 2]).norm()
+        + torch.tensor([5.0, 5, 4]) / torch.tensor([5.0, 5, 4]).norm()
+    )
+    assert torch.allclose(normed, expected)
+
+
+# ---------------------------------------------------------------------------------- calibration passes
+def _samples(n: int = 6, length: int = 16, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 259, (n, length), generator=g).tolist()
+    return [{"input_ids": row, "labels": row} for row in ids]
+
+
+def _tiny(case: str = "mha"):
+    return load_model("tiny", tiny=CASES[case], dtype="float32", device="cpu")
+
+
+def test_weight_gradients_match_one_batch_and_per_sample_fisher():
+    model, tok = _tiny()
+    batches = calibration_batches(_samples(4), 4, 12, tok.pad_token_id, "cpu")
+    weights = [projection(decoder_layers(model)[1], n).weight for n in ("q_proj", "down_proj")]
+    fisher = weight_gradients(model, weights, batches, fisher=True)
+    got = [w.grad.clone() for w in weights]
+    assert all(p.requires_grad for p in model.parameters())  # restored after the passes
+    # reference: one backward of the whole set as a single batch; and per-sample squared grads / N
+    model.zero_grad(set_to_none=True)
+    ids = torch.cat([b["input_ids"] for b in batches])
+    model(input_ids=ids, labels=ids).loss.backward()
+    for w, g in zip(weights, got, strict=True):
+        assert torch.allclose(g, w.grad, atol=1e-6)
+    expected = [torch.zeros_like(w) for w in weights]
+    for b in batches:
+        model.zero_grad(set_to_none=True)
+        model(**b).loss.backward()
+        for e, w in zip(expected, weights, strict=True):
+            e += w.grad**2 / len(batches)
+    for e, w in zip(expected, weights, strict=True):
+        assert torch.allclose(fisher[w], e, atol=1e-8)
+
+
+def test_input_square_norms_match_manual_hook():
+    model, tok = _tiny()
+    batches = calibration_batches(_samples(3), 3, None, tok.pad_token_id, "cpu")
+    down = decoder_layers(model)[2].mlp.down_proj
+    seen = []
+    h = down.register_forward_hook(
+        lambda _m, args, _o: seen.append(args[0].detach().reshape(-1, args[0].shape[-1]))
+    )
+    norms = input_square_norms(model, [down], batches)
+    h.remove()
+    expected = sum(x.pow(2).sum(0) for x in seen[:3]) / 3
+    assert torch.allclose(norms[down], expected)
+
+
+# ------------------------------------------------------------------ one-shot: exact ratio, masked == pruned
+def _lora(model):
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(ALL_PROJECTIONS)))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return pm
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("llm_pruner", {"taylor": "element1"}),
+        ("llm_pruner", {"taylor": "element2"}),
+        ("llm_pruner", {"taylor": "mix"}),
+        ("llm_pruner", {"taylor": "vector"}),
+        ("l1", {}),
+        ("l2", {}),
+        ("random", {"seed": 1}),
+        ("wanda_sp", {}),
+        ("wanda_sp", {"slices": "all"}),
+    ],
+)
+def test_one_shot_hits_ratio_exactly_and_masked_equals_pruned(case, name, options):
+    model, tok = _tiny(case)
+    geo = Geometry.from_config(model.config)
+    unit = "query_head" if case == "gqa" and name in ("l2", "llm_pruner") else "kv_group"
+    ratio = 0.5 if unit == "kv_group" else 0.25
+    pm = _lora(model)
+    criterion = build_criterion(name, options)
+    settings = PrunerSettings(
+        ratio=ratio, attention_unit=unit, excluded_layers=[0], ema_beta=0.0, normalize=False
+    )
+    pruner = IterativePruner(pm, geo, criterion, settings, OneShotSchedule(ratio))
+    prepare_importance(
+        criterion, pm, pruner, _samples(), {"calibration_samples": 4}, 1, tok.pad_token_id, True
+    )
+    pruner.prune_to(ratio)
+    end_one_shot(criterion, pm, pruner)
+
+    counts = removable_counts(geo, unit, ratio)
+    assert counts["mlp"] == geo.intermediate_size * ratio  # the requested ratio, exactly
+    for (layer, kind), removed in pruner.masks.removed.items():
+        assert int(removed.sum()) == counts[kind], (layer, kind)
+    # gradients of the pretrained weights are off again; LoRA still trains
+    for n, p in pm.named_parameters():
+        assert p.requires_grad == ("lora_" in n), n
+        assert "lora_" in n or p.grad is None, n
+
+    ids = torch.randint(3, 259, (2, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        masked = pm(input_ids=ids).logits
+    plan = pruner.plan()
+    pruner.remove_hooks()
+    merged = apply_plan(merge_lora(pm), plan)
+    with torch.no_grad():
+        pruned = merged(input_ids=ids).logits
+    assert torch.allclose(masked, pruned, atol=1e-4)
+    attn = merged.model.layers[1].self_attn
+    assert attn.q_proj.out_features == geo.num_heads * geo.head_dim * (1 - ratio)
+    assert merged.model.layers[1].mlp.down_proj.in_features == geo.intermediate_size * (1 - ratio)
+    assert merged.model.layers[0].mlp.down_proj.in_features == geo.intermediate_size
+
+
+# ------------------------------------------------------------------------- end to end through Hydra
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from loraprune.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A small local text (the embedded corpora take ~10 s to load and tokenize)."""
+    g = torch.Generator().manual_seed(0)
+    words = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by"]
+    idx = torch.randint(0, len(words), (1500,), generator=g).tolist()
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(" ".join(words[i] for i in idx[k : k + 15]) + "." for k in range(0, 1500, 15)))
+    return path
+
+
+def _run(tmp_path: Path, corpus: Path, *overrides: str, steps: int = 2) -> dict:
+    from loraprune.pipeline import run
+
+    cfg = _compose(
+        "debug=tiny",
+        f"output_dir={tmp_path}",
+        f"data.name={corpus}",
+        f"eval.ppl_sets=[{corpus}]",
+        f"trainer.steps={steps}",
+        "save_model=false",
+        *overrides,
+    )
+    metrics = run(cfg)
+    assert json.loads((tmp_path / "metrics.json").read_text())["run"]["method"] == metrics["run"]["method"]
+    return metrics
+
+
+@pytest.mark.parametrize("name", ONE_SHOT_METHODS)
+def test_method_runs_end_to_end(tmp_path, corpus, name):
+    metrics = _run(tmp_path, corpus, f"method={name}", "prune.ratio=0.25")
+    assert metrics["run"]["schedule"] == "one_shot"  # forced by method.kind=one_shot (prune default: cubic)
+    assert metrics["run"]["criterion"] == name
+    assert metrics["achieved_ratio"] == {"q_heads": 0.25, "kv_heads": 0.25, "channels": 0.25}
+    before = metrics["pruned_before_recovery"]["ppl"][str(corpus)]
+    after = metrics["pruned"]["ppl"][str(corpus)]
+    assert before > 0 and after > 0 and before != after
+    assert metrics["train"]["steps"] == 2
+
+
+def test_llm_pruner_gqa_query_heads_and_layer_range(tmp_path, corpus):
+    metrics = _run(
+        tmp_path,
+        corpus,
+        "method=llm_pruner",
+        "model=tiny_gqa",
+        "method.options.taylor=mix",
+        "prune.attention_unit=query_head",
+        "prune.ratio=0.5",
+        "method.options.layer_range=[1,-1]",
+        steps=0,
+    )
+    kept = metrics["kept_per_layer"]
+    assert [kept[str(i)]["q_heads"] for i in range(4)] == [8, 4, 4, 8]
+    assert [kept[str(i)]["kv_heads"] for i in range(4)] == [2, 2, 2, 2]
+    assert [kept[str(i)]["channels"] for i in range(4)] == [128, 64, 64, 128]
+    # no recovery steps: the before-recovery entry is the pruned result
+    assert metrics["pruned_before_recovery"] == {"ppl": metrics["pruned"]["ppl"]}
+
+
+def test_config_errors(tmp_path, corpus):
+    from loraprune.pipeline import to_config
+    from loraprune.validation import ConfigError, excluded_layers, validate
+
+    base = ("debug=tiny", f"output_dir={tmp_path}", f"data.name={corpus}", f"eval.ppl_sets=[{corpus}]")
+    with pytest.raises(ConfigError, match="one-shot"):
+        validate(to_config(_compose(*base, "method=llm_pruner", "method.kind=iterative")))
+    with pytest.raises(ConfigError, match="unknown method.options"):
+        validate(to_config(_compose(*base, "method=l1", "+method.options.taylr=mix")))
+    with pytest.raises(ConfigError, match="not both"):
+        validate(
+            to_config(
+                _compose(
+                    *base, "method=llm_pruner", "method.options.layer_range=[1,3]", "prune.exclude_layers=[0]"
+                )
+            )
+        )
+    cfg = to_config(_compose(*base, "method=llm_pruner", "method.options.layer_range=[1,3]"))
+    validate(cfg)
+    assert excluded_layers(cfg, Geometry(4, 64, 4, 4, 16, 128)) == [0, 3]
+    with pytest.raises(ValueError, match="taylor"):
+        build_criterion("llm_pruner", {"taylor": "nope"})
+
+
+def test_grad_criterion_weight_grads_only_while_scoring():
+    """method=grad needs ∂L/∂W while it scores; once the final ratio is reached they are switched off."""
+    from loraprune.pipeline import PruningHooks
+    from loraprune.schedule import build_schedule
+    from loraprune.train import TrainSettings, finetune
+
+    model, tok = _tiny()
+    geo = Geometry.from_config(model.config)
+    pm = _lora(model)
+    criterion = build_criterion("grad")
+    settings = PrunerSettings(ratio=0.5, prune_freq=1, excluded_layers=[0])
+    pruner = IterativePruner(pm, geo, criterion, settings, build_schedule("cubic", 0.5, 3))
+    prepare_importance(criterion, pm, pruner, _samples(), {}, 1, tok.pad_token_id, one_shot_now=False)
+    base = [n for n, p in pm.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert base and all("layers.0." not in n and "embed" not in n and "norm" not in n for n in base)
+    hooks = PruningHooks(pruner, 4, on_done=lambda: end_one_shot(criterion, pm, pruner))
+    finetune(
+        pm, _samples(), TrainSettings(steps=4, batch_size=1, micro_batch_size=1), tok.pad_token_id, hooks
+    )
+    assert hooks.notified and pruner.current_ratio == 0.5
+    assert not any(p.requires_grad for n, p in pm.named_parameters() if "lora_" not in n)
+
+
+# ------------------------------------------------------------------------------- semi-structured 2:4
+def test_nm_keep_mask_by_hand():
+    from loraprune.semistructured import is_nm_sparse, nm_keep_mask, parse_pattern
+
+    scores = torch.tensor(
+        [[4.0, 1.0, 3.0, 2.0, 0.0, 5.0, 6.0, 1.0], [1.0, 2.0, 3.0, 4.0, 9.0, 8.0, 7.0, 6.0]]
+    )
+    keep = nm_keep_mask(scores, *parse_pattern("2:4"))
+    expected = torch.tensor([[1, 0, 1, 0, 0, 1, 1, 0], [0, 0, 1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    assert torch.equal(keep, expected)
+    assert is_nm_sparse(scores * keep, 2, 4) and not is_nm_sparse(scores, 2, 4)
+    with pytest.raises(ValueError):
+        parse_pattern("4:2")
+
+
+def test_obs_with_identity_hessian_is_magnitude_pruning_and_beats_it_otherwise():
+    from loraprune.semistructured import is_nm_sparse, nm_keep_mask, obs_prune_nm
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 16, generator=g)
+    new, keep = obs_prune_nm(w, torch.eye(16), 2, 4, blocksize=8)
+    assert torch.equal(keep, nm_keep_mask(w.abs(), 2, 4)) and torch.allclose(new, w * keep)
+    x = torch.randn(200, 16, generator=g) @ torch.randn(16, 16, generator=g)  # correlated inputs
+    h = 2 * x.t() @ x / 200
+    new, keep = obs_prune_nm(w, h, 2, 4, blocksize=8)
+    assert is_nm_sparse(new, 2, 4) and torch.equal(new != 0, keep)
+
+    def err(a):
+        return ((w - a) @ x.t()).pow(2).sum()
+
+    assert err(new) < err(w * nm_keep_mask(w.abs(), 2, 4))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("name", ["magnitude", "wanda", "sparsegpt", "loraprune"])
+def test_two_four_survives_lora_merge(case, name):
+    from loraprune.semistructured import is_nm_sparse, merge_through_masks, prune_one_shot
+
+    model, tok = _tiny(case)
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(ALL_PROJECTIONS)))
+    criterion = build_criterion(name, {"blocksize": 16} if name == "sparsegpt" else {})
+    masks = prune_one_shot(
+        criterion, pm, [1, 2], "2:4", _samples(), {"calibration_samples": 4}, tok.pad_token_id
+    )
+    assert len(masks) == 2 * len(ALL_PROJECTIONS)
+    assert all(p.grad is None for p in pm.parameters())
+    ids = torch.randint(3, 259, (2, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        before = pm(input_ids=ids).logits  # LoRA B = 0: the pruned model itself
+    for keep in masks.values():
+        assert bool((keep.reshape(keep.shape[0], -1, 4).sum(-1) == 2).all())  # exactly two kept of four
+    with torch.no_grad():  # stand-in for recovery training: dense LoRA updates
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(n)))
+    merged = merge_through_masks(pm, masks)
+    layers = merged.model.layers
+    for (i, proj), keep in masks.items():
+        weight = projection(layers[i], proj).weight
+        assert is_nm_sparse(weight, 2, 4), (i, proj)
+        assert not bool(weight[~keep].any())
+    assert not is_nm_sparse(projection(layers[0], "q_proj").weight, 2, 4)  # excluded layer: dense
+    if name != "sparsegpt":  # masking only: with zero LoRA deltas the merge changes nothing
+        pm2 = get_peft_model(
+            _tiny(case)[0], LoraConfig(r=4, lora_alpha=8, target_modules=list(ALL_PROJECTIONS))
+        )
+        masks2 = prune_one_shot(
+            criterion, pm2, [1, 2], "2:4", _samples(), {"calibration_samples": 4}, tok.pad_token_id
+        )
+        with torch.no_grad():
+            after = merge_through_masks(pm2, masks2)(input_ids=ids).logits
+        assert torch.allclose(before, after, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["magnitude", "wanda", "sparsegpt", "loraprune"])
+def test_two_four_end_to_end(tmp_path, corpus, name):
+    metrics = _run(tmp_path, corpus, f"method={name}", "prune.pattern=2:4", "prune.exclude_layers=[]")
+    report = metrics["semistructured"]
+    assert report["exact"] and report["projections"] == 4 * 7 and abs(report["sparsity"] - 0.5) < 1e-3
+    assert metrics["run"]["schedule"] == "one_shot"
+    assert "pruned_before_recovery" in metrics
+    assert metrics["params"]["removed_fraction_total"] == 0.0  # zeros, not removed groups
+
+
+def test_sparsegpt_needs_a_pattern(tmp_path, corpus):
+    from loraprune.pipeline import to_config
+    from loraprune.validation import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="prune.pattern"):
+        validate(
+            to_config(
+                _compose("debug=tiny", f"data.name={corpus}", f"eval.ppl_sets=[{corpus}]", "method=sparsegpt")
+            )
+        )
+    with pytest.raises(ConfigError, match="pattern"):
+        validate(
+            to_config(
+                _compose(
+                    "debug=tiny", f"data.name={corpus}", f"eval.ppl_sets=[{corpus}]", "prune.pattern=3:2"
+                )
+            )
+        )
+
+
+def test_iterative_criteria_can_prune_one_shot(tmp_path, corpus):
+    """loraprune / grad as one-shot methods: a calibration backward feeds the scores at step 0."""
+    for name in ("loraprune", "grad"):
+        metrics = _run(tmp_path / name, corpus, f"method={name}", "method.kind=one_shot", "prune.ratio=0.25")
+        assert metrics["run"]["schedule"] == "one_shot" and "pruned_before_recovery" in metrics
+        assert metrics["achieved_ratio"] == {"q_heads": 0.25, "kv_heads": 0.25, "channels": 0.25}

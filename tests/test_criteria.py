@@ -1,0 +1,119 @@
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from loraprune.criteria import build_criterion, estimated_weight_grad, lora_tensors
+from loraprune.importance import MovingAverage, unit_scores
+from loraprune.structure import GroupKind, Slice
+
+
+def test_estimated_gradient_formula_by_hand():
+    a = torch.tensor([[1.0, 2.0, 0.0]])  # r=1, in=3
+    b = torch.tensor([[1.0], [-1.0]])  # out=2
+    ga = torch.tensor([[0.5, 0.0, 1.0]])
+    gb = torch.tensor([[2.0], [0.0]])
+    # G = gB A + B gA - gB gA, element by element
+    expected = torch.tensor(
+        [
+            [2 * 1 + 1 * 0.5 - 2 * 0.5, 2 * 2 + 1 * 0 - 0, 0 + 1 * 1 - 2 * 1],
+            [0 + -0.5 - 0, 0 + 0 - 0, 0 + -1 - 0],
+        ]
+    )
+    assert torch.allclose(estimated_weight_grad(a, b, ga, gb), expected)
+
+
+class _Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3, 2, bias=False)
+
+
+def _lora_toy():
+    toy = _Toy()
+    with torch.no_grad():
+        toy.proj.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.0, 1.0, -1.0]]))
+    model = get_peft_model(toy, LoraConfig(r=1, lora_alpha=2, target_modules=["proj"]))
+    layer = model.base_model.model.proj
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(torch.tensor([[1.0, 0.0, 1.0]]))
+        layer.lora_B["default"].weight.copy_(torch.tensor([[0.5], [1.0]]))
+    layer.lora_A["default"].weight.grad = torch.tensor([[0.1, 0.2, 0.0]])
+    layer.lora_B["default"].weight.grad = torch.tensor([[1.0], [0.0]])
+    return layer
+
+
+def test_loraprune_element_scores_by_hand():
+    layer = _lora_toy()
+    s = 2.0  # alpha / r
+    w_eff = torch.tensor([[1.0, -2.0, 0.5], [0.0, 1.0, -1.0]]) + s * torch.tensor(
+        [[0.5], [1.0]]
+    ) @ torch.tensor([[1.0, 0.0, 1.0]])
+    g = (
+        torch.tensor([[1.0], [0.0]]) @ torch.tensor([[1.0, 0.0, 1.0]])
+        + torch.tensor([[0.5], [1.0]]) @ torch.tensor([[0.1, 0.2, 0.0]])
+        - torch.tensor([[1.0], [0.0]]) @ torch.tensor([[0.1, 0.2, 0.0]])
+    )
+    got = build_criterion("loraprune").element_scores(layer)
+    assert torch.allclose(got, (g * w_eff).abs())
+    assert lora_tensors(layer).scaling == s
+
+
+def test_magnitude_scores_use_merged_weight():
+    layer = _lora_toy()
+    expected = (
+        lora_tensors(layer).weight + 2.0 * torch.tensor([[0.5], [1.0]]) @ torch.tensor([[1.0, 0.0, 1.0]])
+    ).abs()
+    assert torch.allclose(build_criterion("magnitude").element_scores(layer), expected)
+
+
+def test_true_grad_scores():
+    layer = _lora_toy()
+    layer.base_layer.weight.grad = torch.ones(2, 3)
+    assert torch.allclose(
+        build_criterion("grad").element_scores(layer), lora_tensors(layer).effective_weight().abs()
+    )
+
+
+class _ConstCriterion:
+    name = "const"
+    needs_weight_grads = False
+
+    def __init__(self, table):
+        self.table = table
+
+    def element_scores(self, module):
+        return self.table[module.tag]
+
+
+def test_unit_scores_normalise_per_module_and_sum_per_unit():
+    layer = nn.Module()
+    layer.self_attn = nn.Module()
+    layer.mlp = nn.Module()
+    for name in ("gate_proj", "down_proj"):
+        m = nn.Linear(2, 2)
+        m.tag = name
+        setattr(layer.mlp, name, m)
+    table = {
+        "gate_proj": torch.tensor([[3.0, 1.0], [0.0, 0.0]]),  # rows: 4, 0 -> normalised 1, 0
+        "down_proj": torch.tensor([[1.0, 2.0], [2.0, 2.0]]),
+    }  # cols: 3, 4 -> 0.6, 0.8
+    kind = GroupKind(
+        "mlp", 2, (Slice("gate_proj", 0, torch.tensor([0, 1])), Slice("down_proj", 1, torch.tensor([0, 1])))
+    )
+    got = unit_scores(layer, kind, _ConstCriterion(table))
+    assert torch.allclose(got, torch.tensor([1.6, 0.8]))
+    raw = unit_scores(layer, kind, _ConstCriterion(table), normalize=False)
+    assert torch.allclose(raw, torch.tensor([7.0, 4.0]))
+
+
+def test_moving_average_and_nan_skip():
+    ema = MovingAverage(beta=0.9)
+    ema.update({(0, "mlp"): torch.tensor([1.0, 2.0])})
+    assert torch.allclose(ema.get((0, "mlp")), torch.tensor([0.1, 0.2]))
+    assert not ema.update({(0, "mlp"): torch.tensor([float("nan"), 1.0])})
+    assert torch.allclose(ema.get((0, "mlp")), torch.tensor([0.1, 0.2]))
+    ema.update({(0, "mlp"): torch.tensor([1.0, 0.0])})
+    assert torch.allclose(ema.get((0, "mlp")), torch.tensor([0.19, 0.18]))
+    first = MovingAverage(beta=0.5, init="first")
+    first.update({(0, "a"): torch.tensor([2.0])})
+    assert torch.allclose(first.get((0, "a")), torch.tensor([2.0]))

@@ -1,0 +1,113 @@
+"""Equivalences: masked == physically pruned, merged == unmerged, saved == reloaded."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from loraprune import load_pruned, save_pruned
+from loraprune.criteria import build_criterion
+from loraprune.masks import select_lowest
+from loraprune.pruner import IterativePruner, PrunerSettings
+from loraprune.schedule import build_schedule
+from loraprune.structure import ALL_PROJECTIONS, Geometry
+from loraprune.surgery import apply_plan, count_parameters, merge_lora
+
+
+def _lora(model, seed=1):
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(ALL_PROJECTIONS)))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return pm
+
+
+def _pruned(model, tokens, unit="kv_group", ratio=0.5, steps=3):
+    geo = Geometry.from_config(model.config)
+    pm = _lora(model)
+    settings = PrunerSettings(ratio=ratio, attention_unit=unit, prune_freq=1, excluded_layers=[0])
+    pruner = IterativePruner(
+        pm, geo, build_criterion("loraprune"), settings, build_schedule("cubic", ratio, steps)
+    )
+    for step in range(1, steps + 1):
+        pm(input_ids=tokens, labels=tokens).loss.backward()
+        pruner.observe()
+        pm.zero_grad()
+        pruner.step(step, final_step=step == steps)
+    return pm, pruner, geo
+
+
+@pytest.mark.parametrize("unit", ["kv_group", "query_head"])
+def test_masked_equals_physically_pruned(tiny, tokens, unit):
+    model, _ = tiny
+    pm, pruner, geo = _pruned(model, tokens, unit)
+    with torch.no_grad():
+        masked = pm(input_ids=tokens).logits
+    plan = pruner.plan()
+    pruner.remove_hooks()
+    merged = merge_lora(pm)
+    before = count_parameters(merged)
+    apply_plan(merged, plan)
+    with torch.no_grad():
+        pruned = merged(input_ids=tokens).logits
+    assert torch.allclose(masked, pruned, atol=1e-4)
+    assert count_parameters(merged) < before
+    layer = merged.model.layers[1].self_attn
+    kept = plan.layers[1]
+    assert layer.q_proj.out_features == len(kept.q_heads) * geo.head_dim
+    assert layer.k_proj.out_features == len(kept.kv_heads) * geo.head_dim
+    assert len(kept.q_heads) % len(kept.kv_heads) == 0
+    # layer 0 was excluded and keeps everything
+    assert 0 not in plan.layers
+    # the pruning reached the requested ratio exactly
+    assert len(kept.channels) == geo.intermediate_size // 2
+
+
+def test_query_head_keeps_equal_heads_per_kv_group(tokens):
+    from loraprune.models import TinySpec, load_model
+
+    model, _ = load_model("tiny", tiny=TinySpec(num_heads=8, num_kv_heads=2), dtype="float32", device="cpu")
+    _, pruner, _ = _pruned(model, tokens, "query_head", ratio=0.5)
+    for keep in pruner.plan().layers.values():
+        groups = [h // 4 for h in keep.q_heads]
+        assert groups.count(0) == groups.count(1) == 2
+        assert keep.kv_heads == [0, 1]
+
+
+def test_merged_equals_unmerged(tiny, tokens):
+    model, _ = tiny
+    pm = _lora(model)
+    pm.eval()
+    with torch.no_grad():
+        before = pm(input_ids=tokens).logits
+        after = merge_lora(pm)(input_ids=tokens).logits
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_saved_equals_reloaded(tiny, tokens, tmp_path):
+    model, tok = tiny
+    pm, pruner, _ = _pruned(model, tokens)
+    plan = pruner.plan()
+    pruner.remove_hooks()
+    merged = apply_plan(merge_lora(pm), plan)
+    save_pruned(merged, tok, plan, tmp_path / "model")
+    reloaded, tok2 = load_pruned(tmp_path / "model", with_tokenizer=True)
+    with torch.no_grad():
+        assert torch.equal(merged(input_ids=tokens).logits, reloaded(input_ids=tokens).logits)
+    assert count_parameters(reloaded) == count_parameters(merged)
+    assert tok2("abc").input_ids == tok("abc").input_ids
+
+
+def test_load_pruned_rejects_plain_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pruning_plan.json"):
+        load_pruned(tmp_path)
+
+
+def test_pruned_groups_stay_pruned():
+    scores = torch.tensor([5.0, 1.0, 3.0, 0.5])
+    removed = torch.tensor([True, False, False, False])
+    out = select_lowest(scores, 2, removed)
+    assert out.tolist() == [True, False, False, True]
+    with pytest.raises(ValueError, match="equally"):
+        select_lowest(scores, 1, torch.zeros(4, dtype=torch.bool), buckets=2)
