@@ -1,0 +1,435 @@
+"""Paper tables and plots from a fixture multirun directory; the reference numbers; the sweep presets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CONF, compose
+
+from loraprune import tables
+from loraprune.plots import plot_kept_widths, plot_ppl_vs_ratio, write_plots
+from loraprune.tables import (
+    TASKS,
+    build_tables,
+    collect_rows,
+    flat_result,
+    load_reference,
+    main,
+    reference_rows,
+    to_latex,
+    to_markdown,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EMBEDDED_SETS = ("wiki_embedded", "news_embedded")
+PAPER_SETS = ("wikitext2", "ptb")
+
+
+def _zeroshot(base: float) -> dict:
+    """A well-formed zeroshot summary: task i scores base + i/100 on its paper metric."""
+    tasks = {}
+    for i, name in enumerate(TASKS):
+        metric = "acc_norm" if name in ("hellaswag", "arc_challenge", "openbookqa") else "acc"
+        value = round(base + i / 100, 4)
+        tasks[name] = {
+            "acc": value if metric == "acc" else value - 0.01,
+            "acc_norm": value if metric == "acc_norm" else None,
+            "paper_metric": metric,
+            "paper_value": value,
+            "n": 100,
+            "split": "validation",
+            "source": "offline",
+        }
+    values = [t["paper_value"] for t in tasks.values()]
+    return {"tasks": tasks, "average_acc": sum(values) / len(values), "source": "offline", "limit": 100}
+
+
+def fake_metrics(
+    run_dir: Path,
+    *,
+    model: str = "smollm2_135m",
+    method: str,
+    ratio: float,
+    ppl: float,
+    sets: tuple[str, ...] = EMBEDDED_SETS,
+    seq_len: int = 128,
+    seed: int = 42,
+    zeroshot: float | None = 0.5,
+    one_shot: bool = False,
+    cuda_gib: float | None = None,
+    layers: int = 4,
+) -> dict:
+    """A metrics.json as loraprune.pipeline writes it (the keys the tables read, and then some)."""
+    kept_heads = round(8 * (1 - ratio))
+    metrics = {
+        "run": {"dir": str(run_dir), "model": model, "method": method, "criterion": method, "ratio": ratio},
+        "eval": {"seq_len": seq_len, "max_windows": 64, "sets": list(sets)},
+        "dense": {"ppl": {s: 10.0 + i for i, s in enumerate(sets)}},
+        "pruned": {"ppl": {s: ppl + i for i, s in enumerate(sets)}},
+        "params": {
+            "total_before": 1000,
+            "total_after": int(1000 * (1 - ratio / 2)),
+            "removed_fraction_total": ratio / 2,
+            "removed_fraction_decoder": ratio * 0.6,
+        },
+        "achieved_ratio": {"q_heads": ratio, "kv_heads": ratio, "channels": ratio},
+        "kept_per_layer": {
+            str(i): (
+                {"q_heads": 8, "kv_heads": 2, "channels": 64}
+                if i == layers - 1
+                else {
+                    "q_heads": kept_heads,
+                    "kv_heads": max(1, kept_heads // 4),
+                    "channels": int(64 * (1 - ratio)),
+                }
+            )
+            for i in range(layers)
+        },
+        "memory": {"cpu_peak_rss_gib": 1.25, "cuda_max_allocated_gib": cuda_gib},
+        "wall_time_s": 100.0 * (1 + ratio),
+        "objective": ppl,
+    }
+    if zeroshot is not None:
+        metrics["dense"]["zeroshot"] = _zeroshot(0.6)
+        metrics["pruned"]["zeroshot"] = _zeroshot(zeroshot)
+    if one_shot:
+        metrics["pruned_before_recovery"] = {"ppl": {s: 2 * ppl + i for i, s in enumerate(sets)}}
+    return metrics
+
+
+def write_run(root: Path, name: str, **kwargs) -> Path:
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(fake_metrics(run_dir, **kwargs)))
+    return run_dir
+
+
+@pytest.fixture
+def multirun(tmp_path) -> Path:
+    """A sweep directory like Hydra's, one run per subdirectory, plus a re-run seed further down and some
+    files that are not runs."""
+    root = tmp_path / "multirun" / "2024-05-01" / "14-03-22"
+    specs = [
+        ("loraprune", 0.2, 20.0, 0.55),
+        ("loraprune", 0.5, 30.0, 0.50),
+        ("llm_pruner", 0.2, 24.0, 0.52),
+        ("llm_pruner", 0.5, 40.0, 0.45),
+        ("magnitude", 0.2, 26.0, 0.51),
+        ("magnitude", 0.5, 50.0, 0.44),
+        ("random", 0.2, 28.0, 0.50),
+        ("random", 0.5, 60.0, 0.40),
+    ]
+    for i, (method, ratio, ppl, zs) in enumerate(specs):
+        one_shot = method in ("llm_pruner", "random")
+        write_run(
+            root,
+            f"{i}_{method}_r{ratio}",
+            method=method,
+            ratio=ratio,
+            ppl=ppl,
+            zeroshot=zs,
+            one_shot=one_shot,
+        )
+    # a second seed of LoRAPrune 20%, two levels down: found recursively and averaged with the first
+    write_run(
+        root, "seeds/1/0_loraprune_r0.2", method="loraprune", ratio=0.2, ppl=22.0, zeroshot=0.57, seed=1
+    )
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    (root / "broken").mkdir()
+    (root / "broken" / "metrics.json").write_text("{not json")
+    (root / "other").mkdir()
+    (root / "other" / "metrics.json").write_text(json.dumps({"loss": 1.0}))
+    return root
+
+
+def _labels(table) -> list[tuple[str, str]]:
+    return [(f"{100 * r.ratio:g}%", r.label) for r in table.rows]
+
+
+def test_rows_are_read_recursively_aggregated_and_in_paper_order(multirun):
+    rows = collect_rows(multirun)
+    assert [(f"{100 * r.ratio:g}%", r.label) for r in rows] == [
+        ("0%", "Dense"),
+        ("20%", "Random"),
+        ("20%", "Magnitude"),
+        ("20%", "LLM-Pruner"),
+        ("20%", "LoRAPrune (n=2)"),
+        ("50%", "Random"),
+        ("50%", "Magnitude"),
+        ("50%", "LLM-Pruner"),
+        ("50%", "LoRAPrune"),
+    ]
+    lora = rows[4]
+    assert lora.n_runs == 2 and len(lora.run_dirs) == 2
+    assert lora.ppl == {"wiki_embedded": pytest.approx(21.0), "news_embedded": pytest.approx(22.0)}
+    assert lora.tasks["boolq"] == pytest.approx(56.0)  # mean of 55 % and 57 %, in percent
+    assert lora.tasks["openbookqa"] == pytest.approx(62.0)
+    assert lora.average == pytest.approx(59.0)
+    assert lora.params_removed == pytest.approx(10.0)
+    assert lora.memory_gib == pytest.approx(1.25) and lora.memory_device == "cpu"
+    assert lora.wall_time_s == pytest.approx(120.0)
+    dense = rows[0]
+    assert dense.ppl == {"wiki_embedded": 10.0, "news_embedded": 11.0}
+    assert dense.average == pytest.approx(63.0) and dense.params_removed == 0.0
+    with_before = collect_rows(multirun, before_recovery=True)
+    assert ("LLM-Pruner w/o tune", 48.0) in [(r.label, r.ppl.get("wiki_embedded")) for r in with_before]
+    assert len(with_before) == len(rows) + 4  # llm_pruner and random at two ratios
+
+
+def test_markdown_layout_numbers_and_separate_reference_block(multirun):
+    tabs = build_tables(collect_rows(multirun))
+    assert [t.title for t in tabs][0] == "smollm2_135m"
+    assert tabs[1].title.startswith("Published: LoRAPrune paper, llama_7b")
+    md = to_markdown(tabs)
+    lines = md.splitlines()
+    header = (
+        "| Ratio | Method | Wiki (emb.) | News (emb.) | BoolQ | PIQA | HellaSwag | WinoGrande | ARC-e "
+        "| ARC-c | OBQA | Average | Params removed | Peak mem (GiB) | Wall time |"
+    )
+    assert lines[2] == header
+    assert lines[3].count("|") == header.count("|")
+    assert (
+        "| 0% | Dense | 10.00 | 11.00 | 60.00 | 61.00 | 62.00 | 63.00 | 64.00 | 65.00 | 66.00 | 63.00 "
+        "| 0.0% | – | – |" in lines
+    )
+    assert (
+        "| 50% | LoRAPrune | 30.00 | 31.00 | 50.00 | 51.00 | 52.00 | 53.00 | 54.00 | 55.00 | 56.00 | 53.00 "
+        "| 25.0% | 1.2† | 2.5 min |"
+    ) in lines
+    assert "| 20% | LoRAPrune (n=2) | 21.00 | 22.00 |" in md
+    assert any(line.startswith("- Peak memory marked †") for line in lines)
+    # the published block: clearly labelled, only verifiable rows, the unverifiable ones named
+    assert (
+        "| 50% | LoRAPrune [paper] | 11.60 | 17.39 | – | – | – | – | – | – | – | 54.81 | – | 18.3 | – |" in md
+    )
+    assert "| 50% | LLM-Pruner [paper] | 16.41 | 20.85 |" in md
+    assert "not verifiable, left out: LLaMA-7B (dense) 0%, LLM-Pruner 20%, LoRAPrune 20%" in md
+    assert "[paper]" not in "\n".join(lines[: lines.index("### " + tabs[1].title)])
+    # no reference at all
+    assert "[paper]" not in to_markdown(build_tables(collect_rows(multirun), reference="none"))
+
+
+def test_latex_is_well_formed(multirun):
+    tex = to_latex(build_tables(collect_rows(multirun)))
+    assert tex.count(r"\begin{table*}") == tex.count(r"\end{table*}") == 2
+    assert tex.count(r"\begin{tabular}{ll" + "r" * 13 + "}") == 2  # 2 ppl + 7 tasks + avg + 3, both
+    body = tex.split(r"\midrule", 1)[1].split(r"\bottomrule", 1)[0]
+    rows = [line for line in body.splitlines() if line.endswith(r"\\")]
+    assert len(rows) == 9 and all(line.count("&") == 14 for line in rows)
+    assert r"50\% & LoRAPrune & 30.00 & 31.00" in tex
+    assert r"1.2$^\dagger$ & 2.5 min \\" in tex
+    assert r"\caption{smollm2\_135m. " in tex
+    assert body.count(r"\midrule") == 2  # dense | 20% | 50%
+    assert r"\textit{50\%} & \textit{LoRAPrune [paper]} & \textit{11.60}" in tex
+    assert "–" not in tex and "_emb" not in tex
+
+
+def test_llama7b_runs_get_the_paper_rows_inline(tmp_path):
+    root = tmp_path / "sweep"
+    for method, ppl in (("loraprune", 12.0), ("llm_pruner", 17.0)):
+        write_run(
+            root,
+            f"{method}_r0.5",
+            model="llama_7b",
+            method=method,
+            ratio=0.5,
+            ppl=ppl,
+            sets=PAPER_SETS,
+            seq_len=2048,
+            cuda_gib=20.0,
+        )
+    (table,) = build_tables(collect_rows(root))
+    assert _labels(table) == [
+        ("0%", "Dense"),
+        ("50%", "LLM-Pruner"),
+        ("50%", "LLM-Pruner [paper]"),
+        ("50%", "LoRAPrune"),
+        ("50%", "LoRAPrune [paper]"),
+        ("50%", "LoRAPrune (8-bit base) [paper]"),
+    ]
+    assert table.ppl_sets == ["wikitext2", "ptb"]
+    lora = table.rows[3]
+    assert lora.memory_gib == 20.0 and lora.memory_device == "cuda"
+    md = to_markdown([table])
+    assert "| 50% | LoRAPrune | 12.00 | 13.00 |" in md and "| 20.0 |" in md
+    assert not any("not comparable" in n for n in table.notes)
+    # 128-token windows are flagged against the paper's 2048
+    other = tmp_path / "short"
+    write_run(other, "a", model="llama_7b", method="loraprune", ratio=0.5, ppl=30.0, sets=PAPER_SETS)
+    (short,) = build_tables(collect_rows(other))
+    assert any("[128]-token perplexity windows, the paper 2048" in n for n in short.notes)
+    # forced separate block
+    assert len(build_tables(collect_rows(root), reference="separate")) == 2
+
+
+def test_semistructured_runs_are_labelled_by_their_pattern(tmp_path):
+    root = tmp_path / "nm"
+    write_run(root, "groups", method="loraprune", ratio=0.5, ppl=30.0, zeroshot=None)
+    for method, ppl in (("loraprune", 25.0), ("wanda", 27.0)):
+        run_dir = write_run(root, f"{method}_24", method=method, ratio=0.2, ppl=ppl, zeroshot=None)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics["params"]["removed_fraction_total"] = 0.0
+        metrics["semistructured"] = {"pattern": "2:4", "projections": 21, "sparsity": 0.5, "exact": True}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    rows = collect_rows(root)
+    assert [(r.ratio_label, r.label) for r in rows] == [
+        ("0%", "Dense"),
+        ("50%", "LoRAPrune"),
+        ("2:4", "Wanda"),
+        ("2:4", "LoRAPrune"),
+    ]
+    md = to_markdown(build_tables(rows, reference="none"))
+    assert "| 2:4 | Wanda | 27.00 | 28.00 | 50.0% zeroed |" in md
+    assert rows[2].kept_per_layer is None  # nothing removed: no width plot
+    assert [p.name for p in write_plots(rows, tmp_path / "plots")] == [
+        "ppl_vs_ratio_smollm2_135m.png",
+        "kept_smollm2_135m_loraprune_r0.5.png",
+    ]
+
+
+def test_plots_are_valid_pngs(multirun, tmp_path):
+    import matplotlib.image
+
+    rows = collect_rows(multirun)
+    paths = write_plots(rows, tmp_path / "plots")
+    names = sorted(p.name for p in paths)
+    assert names[0] == "kept_smollm2_135m_llm_pruner_r0.2.png"
+    assert "ppl_vs_ratio_smollm2_135m.png" in names and len(names) == 9  # 1 + 8 (method, ratio)
+    for path in paths:
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert height > 100 and width > 100
+    # one panel per perplexity set: two panels are wider than one
+    one = plot_ppl_vs_ratio([*rows], tmp_path / "two.png")
+    for r in rows:
+        r.ppl.pop("news_embedded", None)
+    single = plot_ppl_vs_ratio(rows, tmp_path / "one.png")
+    assert matplotlib.image.imread(one).shape[1] > matplotlib.image.imread(single).shape[1]
+    with pytest.raises(ValueError, match="kept_per_layer"):
+        plot_kept_widths(rows[0], tmp_path / "dense.png")  # the dense row has no widths
+
+
+def test_cli_writes_markdown_latex_and_plots(multirun, tmp_path, capsys):
+    out, tex, plots = tmp_path / "docs" / "t.md", tmp_path / "docs" / "t.tex", tmp_path / "docs" / "plots"
+    assert main([str(multirun), "--out", str(out), "--latex", str(tex), "--plots", str(plots)]) == 0
+    assert out.read_text().startswith("### smollm2_135m\n")
+    assert tex.read_text().startswith(r"\begin{table*}")
+    assert (plots / "ppl_vs_ratio_smollm2_135m.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert main([str(multirun), "--reference", "none"]) == 0
+    printed = capsys.readouterr().out
+    assert "| 20% | LoRAPrune (n=2) |" in printed and "[paper]" not in printed
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+
+
+def test_flat_result_is_one_paper_row(tmp_path):
+    metrics = fake_metrics(tmp_path, method="loraprune", ratio=0.5, ppl=30.0, cuda_gib=2.0)
+    row = flat_result(metrics)
+    assert list(row)[:5] == ["model", "method", "ratio", "Wiki (emb.)", "News (emb.)"]
+    assert row["BoolQ"] == pytest.approx(50.0) and row["Average"] == pytest.approx(53.0)
+    assert row["Params removed (%)"] == pytest.approx(25.0)
+    assert row["Peak mem (GiB, cuda)"] == 2.0 and row["Wall time (s)"] == 150.0
+
+
+# ----------------------------------------------------------------------------------- reference data
+def test_reference_numbers_ship_with_sources_and_match_the_abstract():
+    ref = load_reference()
+    assert ref["paper"]["arxiv"] == "2305.18403" and ref["protocol"]["ppl_seq_len"] == 2048
+    statuses = set(ref["verification"])
+    by_key = {}
+    for entry in ref["rows"]:
+        assert entry["status"] in statuses
+        assert set(entry["tasks"]) == set(TASKS) and set(entry["ppl"]) == set(PAPER_SETS)
+        numbers = [*entry["ppl"].values(), *entry["tasks"].values(), entry["average"], entry["memory_gb"]]
+        if entry["status"] == "unverified":
+            assert all(v is None for v in numbers), entry["label"]  # never invented
+        by_key[(entry["method"], entry["ratio"])] = entry
+    lora, llmp = by_key[("loraprune", 0.5)], by_key[("llm_pruner", 0.5)]
+    # arXiv 2305.18403 v5 abstract: -4.81 WikiText2, -3.46 PTB, -52.6 % memory against LLM-Pruner at 50 %
+    assert llmp["ppl"]["wikitext2"] - lora["ppl"]["wikitext2"] == pytest.approx(4.81)
+    assert llmp["ppl"]["ptb"] - lora["ppl"]["ptb"] == pytest.approx(3.46)
+    assert 1 - lora["memory_gb"] / llmp["memory_gb"] == pytest.approx(0.526, abs=5e-4)
+    rows, missing = reference_rows(ref)
+    assert [r.label for r in rows] == [
+        "LLM-Pruner [paper]",
+        "LoRAPrune [paper]",
+        "LoRAPrune (8-bit base) [paper]",
+    ]
+    assert "Magnitude" in missing and "Random" in missing
+
+
+def test_task_order_matches_the_zeroshot_module():
+    from loraprune.evaluation.zeroshot import PAPER_TASKS
+
+    assert tables.TASKS == PAPER_TASKS
+    assert set(tables.TASK_LABELS) == set(PAPER_TASKS)
+
+
+# -------------------------------------------------------------------------------------- presets
+def _sweep_params(experiment: str) -> dict[str, list[str]]:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from loraprune.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(
+            config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True
+        )
+    return {key: str(value).split(",") for key, value in cfg.hydra.sweeper.params.items()}
+
+
+def test_embedded_grid_composes_and_every_grid_point_validates():
+    from loraprune.pipeline import to_config
+    from loraprune.validation import validate
+
+    cfg = compose("experiment=embedded_grid")
+    assert cfg.model.name == "smollm2_135m" and cfg.model.source == "embedded"
+    assert list(cfg.eval.ppl_sets) == list(EMBEDDED_SETS)
+    assert cfg.eval.zeroshot.enabled and cfg.eval.zeroshot.limit == 100
+    assert list(cfg.eval.zeroshot.tasks) == list(TASKS)
+    params = _sweep_params("embedded_grid")
+    assert params == {
+        "method": ["loraprune", "llm_pruner", "magnitude", "random"],
+        "prune.ratio": ["0.2", "0.5"],
+    }
+    for method in params["method"]:
+        assert (CONF / "method" / f"{method}.yaml").is_file()
+        for ratio in params["prune.ratio"]:
+            point = compose("experiment=embedded_grid", f"method={method}", f"prune.ratio={ratio}")
+            assert point.method.name == method and point.prune.ratio == float(ratio)
+            validate(to_config(point))
+
+
+def test_paper_preset_carries_the_papers_setting():
+    cfg = compose("experiment=paper_llama7b")
+    assert cfg.model.name == "llama_7b" and cfg.data.name == "lamini"
+    assert list(cfg.eval.ppl_sets) == list(PAPER_SETS) and cfg.eval.seq_len == 2048
+    assert cfg.eval.max_windows is None and cfg.eval.zeroshot.enabled and cfg.eval.zeroshot.limit is None
+    t = cfg.trainer
+    assert (t.steps, t.epochs, t.batch_size, t.micro_batch_size, t.lr, t.warmup_steps) == (
+        None,
+        2,
+        128,
+        2,
+        1e-4,
+        0,
+    )
+    assert t.device == "cuda"
+    assert (cfg.data.cutoff_len, cfg.lora.r, cfg.lora.alpha, cfg.prune.prune_freq) == (512, 8, 16, 10)
+    assert (cfg.prune.ratio, cfg.prune.target, cfg.prune.selection) == (0.5, "groups", "local")
+    assert _sweep_params("paper_llama7b") == _sweep_params("embedded_grid")
+
+
+def test_eval_groups_compose():
+    from loraprune.pipeline import to_config
+
+    zs = to_config(compose("eval=zeroshot")).eval
+    assert zs.ppl_sets == [] and zs.zeroshot.enabled and zs.zeroshot.limit is None
+    paper = to_config(compose("eval=paper")).eval
+    assert (paper.ppl_sets, paper.seq_len, paper.zeroshot.tasks) == (list(PAPER_SETS), 2048, list(TASKS))
+    emb = to_config(compose("eval=embedded_zeroshot")).eval
+    assert emb.zeroshot.limit == 100 and emb.ppl_sets == list(EMBEDDED_SETS)
