@@ -162,10 +162,23 @@ def input_square_norms(
         for m in modules
     }
 
+    def accumulate(module: nn.Module, x: torch.Tensor) -> None:
+        stats[module].add_(x.pow(2).sum(0).to(stats[module].device))
+
+    _forward_collecting_inputs(model, modules, batches, accumulate)
+    return {m: s / len(batches) for m, s in stats.items()}
+
+
+def _forward_collecting_inputs(
+    model: nn.Module, modules: Sequence[nn.Module], batches: Sequence[dict], collect
+) -> None:
+    """Run the batches in eval mode, handing each module's input (tokens × features, float32) to
+    ``collect(module, x)``; hooks removed and the train flag restored afterwards."""
+
     def hook_for(module: nn.Module):
         def hook(_module, args, _output):
             x = args[0].detach().float()
-            stats[module].add_(x.reshape(-1, x.shape[-1]).pow(2).sum(0).to(stats[module].device))
+            collect(module, x.reshape(-1, x.shape[-1]))
 
         return hook
 
@@ -179,7 +192,6 @@ def input_square_norms(
         model.train(was_training)
         for h in handles:
             h.remove()
-    return {m: s / len(batches) for m, s in stats.items()}
 
 
 # ---------------------------------------------------------------------------------------- pipeline
@@ -266,24 +278,11 @@ def input_hessians(
         n_in = pretrained_weight(m).shape[1]
         hess[m] = torch.zeros(n_in, n_in, dtype=torch.float32, device=_device(model))
 
-    def hook_for(module: nn.Module):
-        def hook(_module, args, _output):
-            x = args[0].detach().float()
-            x = x.reshape(-1, x.shape[-1]).to(hess[module].device)
-            hess[module].addmm_(x.t(), x)
+    def accumulate(module: nn.Module, x: torch.Tensor) -> None:
+        x = x.to(hess[module].device)
+        hess[module].addmm_(x.t(), x)
 
-        return hook
-
-    handles = [m.register_forward_hook(hook_for(m)) for m in modules]
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    _forward_collecting_inputs(model, modules, batches, accumulate)
     return {m: h.mul_(2.0 / len(batches)) for m, h in hess.items()}
 
 

@@ -11,18 +11,10 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from loraprune.evaluation.tasks import PAPER_TASKS
+from loraprune.models import TinySpec
+
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass
-class TinyModelConfig:
-    hidden_size: int = 64
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 4
-    intermediate_size: int = 128
-    attention_bias: bool = False
-    seed: int = 0
 
 
 @dataclass
@@ -34,7 +26,7 @@ class ModelConfig:
     path: str | None = None
     revision: str | None = None
     attn_implementation: str | None = None
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    tiny: TinySpec = field(default_factory=TinySpec)
 
 
 @dataclass
@@ -113,17 +105,7 @@ class TrainerConfig:
 @dataclass
 class ZeroShotConfig:
     enabled: bool = False
-    tasks: list[str] = field(
-        default_factory=lambda: [
-            "boolq",
-            "piqa",
-            "hellaswag",
-            "winogrande",
-            "arc_easy",
-            "arc_challenge",
-            "openbookqa",
-        ]
-    )
+    tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
     limit: float | None = None
     batch_size: int = 8
     source: str = "auto"

@@ -21,7 +21,7 @@ from loraprune.criteria import build_criterion
 from loraprune.evaluation.ppl import perplexity, tokenize_stream
 from loraprune.loggers import build_logger
 from loraprune.memory import PeakMemory
-from loraprune.models import TinySpec, load_config, load_model
+from loraprune.models import load_config, load_model
 from loraprune.plan import PruningPlan
 from loraprune.pruner import IterativePruner, PrunerSettings
 from loraprune.schedule import build_schedule
@@ -118,7 +118,7 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
     cfg = to_config(cfg)
     validate(cfg)
     m, p = cfg.model, cfg.prune
-    tiny = TinySpec(**asdict(m.tiny))
+    tiny = m.tiny
     geo = Geometry.from_config(load_config(m.source, m.path, tiny, m.revision))
     excluded = excluded_layers(cfg, geo)
     prunable = [i for i in range(geo.num_layers) if i not in excluded]

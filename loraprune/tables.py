@@ -24,18 +24,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from loraprune.evaluation.tasks import PAPER_TASKS
+
 log = logging.getLogger("loraprune")
 
-# same order as loraprune.evaluation.zeroshot.PAPER_TASKS (not imported: that module pulls in torch)
-TASKS: tuple[str, ...] = (
-    "boolq",
-    "piqa",
-    "hellaswag",
-    "winogrande",
-    "arc_easy",
-    "arc_challenge",
-    "openbookqa",
-)
+TASKS = PAPER_TASKS
 TASK_LABELS = {
     "boolq": "BoolQ",
     "piqa": "PIQA",

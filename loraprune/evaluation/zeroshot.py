@@ -32,21 +32,13 @@ import numpy as np
 import torch
 
 from loraprune.evaluation.offline_tasks import OFFLINE_TASKS, write_offline_task_configs
+from loraprune.evaluation.tasks import PAPER_TASKS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
-PAPER_TASKS: tuple[str, ...] = (
-    "boolq",
-    "piqa",
-    "hellaswag",
-    "winogrande",
-    "arc_easy",
-    "arc_challenge",
-    "openbookqa",
-)
 PAPER_METRICS: dict[str, str] = {
     "boolq": "acc",
     "piqa": "acc",
