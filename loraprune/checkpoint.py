@@ -38,11 +38,24 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def save_pruned(model: nn.Module, tokenizer, plan: PruningPlan, path: str | Path) -> Path:
-    """Save a physically pruned model so :func:`load_pruned` restores it; replaces ``path`` atomically."""
+    """Save a physically pruned model so :func:`load_pruned` restores it; replaces ``path`` atomically.
+
+    When every layer keeps the same widths, the saved config states them, so that plain
+    ``AutoModelForCausalLM.from_pretrained(path)`` loads the pruned model as well.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    config = model.config
+    original = {
+        k: getattr(config, k)
+        for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size", "head_dim")
+    }
+    uniform = plan.uniform_widths() if plan.layers else None
     try:
+        if uniform:
+            for key, value in {**uniform, "head_dim": plan.geometry.head_dim}.items():
+                setattr(config, key, value)
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -51,6 +64,8 @@ def save_pruned(model: nn.Module, tokenizer, plan: PruningPlan, path: str | Path
             shutil.rmtree(path)
         tmp.rename(path)
     finally:
+        for key, value in original.items():
+            setattr(config, key, value)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
@@ -72,6 +87,11 @@ def load_pruned(
         raise FileNotFoundError(f"{path} has no {PLAN_FILE}: not a loraprune checkpoint")
     plan = PruningPlan.from_dict(json.loads((path / PLAN_FILE).read_text()))
     config = AutoConfig.from_pretrained(path)
+    if config.intermediate_size != plan.geometry.intermediate_size or (
+        config.num_attention_heads != plan.geometry.num_heads
+    ):  # uniform widths were saved in the config: a plain HF checkpoint
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto").to(device).eval()
+        return (model, AutoTokenizer.from_pretrained(path)) if with_tokenizer else model
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
     apply_plan(model, plan)

@@ -60,6 +60,17 @@ class PruningPlan:
             {int(i): LayerKeep(**lk) for i, lk in d["layers"].items()},
         )
 
+    def uniform_widths(self) -> dict[str, int] | None:
+        """Kept query heads, KV heads and channels when every layer keeps the same numbers, else None.
+
+        Then a plain HF config with these sizes describes the pruned model exactly.
+        """
+        widths = {(v["q_heads"], v["kv_heads"], v["channels"]) for v in self.summary().values()}
+        if len(widths) != 1:
+            return None
+        q, kv, ch = widths.pop()
+        return {"num_attention_heads": q, "num_key_value_heads": kv, "intermediate_size": ch}
+
     def summary(self) -> dict[str, dict[str, int]]:
         """Kept query heads, KV heads and channels per layer (every layer, pruned or not)."""
         g = self.geometry

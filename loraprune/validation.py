@@ -111,6 +111,11 @@ def validate(cfg: LoraPruneConfig) -> None:
             data.validate_text_source(name)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
+    # The embedded corpora have disjoint fine-tune/test sides; a file has no split to protect it.
+    overlap = [
+        n for n in cfg.eval.ppl_sets if n == cfg.data.name and n not in ("wiki_embedded", "news_embedded")
+    ]
+    _check(not overlap, f"eval.ppl_sets {overlap} is the fine-tune data itself: evaluate on held-out text")
 
 
 def effective_schedule(cfg: LoraPruneConfig) -> tuple[str, int]:

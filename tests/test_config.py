@@ -58,6 +58,14 @@ def test_bad_input_is_rejected_before_loading(overrides, message):
         validate(cfg)
 
 
+def test_evaluating_on_the_fine_tune_file_is_refused(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("some words " * 200)
+    cfg = to_config(compose("debug=tiny", f"data.name={text}", f"eval.ppl_sets=[{text}]"))
+    with pytest.raises(ConfigError, match="held-out"):
+        validate(cfg)
+
+
 def test_bad_input_writes_nothing(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(ConfigError):

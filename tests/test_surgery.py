@@ -6,7 +6,7 @@ from peft import LoraConfig, get_peft_model
 
 from loraprune import load_pruned, save_pruned
 from loraprune.criteria import build_criterion
-from loraprune.masks import select_lowest
+from loraprune.masks import select_global, select_lowest
 from loraprune.pruner import IterativePruner, PrunerSettings
 from loraprune.schedule import build_schedule
 from loraprune.structure import ALL_PROJECTIONS, Geometry
@@ -111,3 +111,37 @@ def test_pruned_groups_stay_pruned():
     assert out.tolist() == [True, False, False, True]
     with pytest.raises(ValueError, match="equally"):
         select_lowest(scores, 1, torch.zeros(4, dtype=torch.bool), buckets=2)
+
+
+def test_uniformly_pruned_model_loads_with_plain_from_pretrained(tokens, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from loraprune.models import TinySpec, load_model
+
+    model, tok = load_model("tiny", tiny=TinySpec(num_heads=8, num_kv_heads=2), dtype="float32", device="cpu")
+    geo = Geometry.from_config(model.config)
+    pm = _lora(model)
+    settings = PrunerSettings(ratio=0.5, attention_unit="query_head", excluded_layers=[])
+    pruner = IterativePruner(
+        pm, geo, build_criterion("magnitude"), settings, build_schedule("one_shot", 0.5, 1)
+    )
+    pruner.prune_to(0.5)
+    plan = pruner.plan()
+    pruner.remove_hooks()
+    merged = apply_plan(merge_lora(pm), plan)
+    save_pruned(merged, tok, plan, tmp_path / "m")
+    assert merged.config.num_attention_heads == 8  # the in-memory config is left as it was
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert plain.config.num_attention_heads == 4 and plain.config.intermediate_size == 64
+    with torch.no_grad():
+        expected = merged(input_ids=tokens).logits
+        assert torch.allclose(plain(input_ids=tokens).logits, expected, atol=1e-5)
+        assert torch.allclose(load_pruned(tmp_path / "m")(input_ids=tokens).logits, expected, atol=1e-5)
+
+
+def test_global_selection_takes_lowest_overall_but_never_empties_a_layer():
+    scores = {0: torch.tensor([0.1, 0.2, 0.3]), 1: torch.tensor([5.0, 6.0, 7.0])}
+    none = {0: torch.zeros(3, dtype=torch.bool), 1: torch.zeros(3, dtype=torch.bool)}
+    out = select_global(scores, 3, none)
+    assert out[0].tolist() == [True, True, False]  # layer 0 keeps one unit
+    assert out[1].tolist() == [True, False, False]

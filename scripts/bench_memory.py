@@ -1,0 +1,110 @@
+"""Benchmark: peak memory of one LoRA fine-tune-and-score step, LoRAPrune's estimate against the true ∂L/∂W.
+
+Each criterion runs in its own subprocess (fresh allocator, fresh peak): load the model, add LoRA, one
+forward/backward on a batch, the optimizer step (AdamW on LoRA) and the group scores of every prunable
+layer. Prints the peak (CUDA max allocated on a GPU, peak RSS sampled on CPU) above the loaded model, and
+the ratio side by side.
+
+    python scripts/bench_memory.py                       # embedded SmolLM2, batch 4 x 128
+    python scripts/bench_memory.py --model tiny --batch 2 --seq 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+
+def measure(criterion: str, model_source: str, batch: int, seq: int) -> dict:
+    import psutil
+    import torch
+
+    from loraprune.calibration import enable_weight_grads
+    from loraprune.config import LoraPruneConfig
+    from loraprune.criteria import build_criterion
+    from loraprune.memory import PeakMemory
+    from loraprune.models import load_model
+    from loraprune.pipeline import add_lora
+    from loraprune.pruner import IterativePruner, PrunerSettings
+    from loraprune.schedule import build_schedule
+    from loraprune.structure import Geometry, default_excluded_layers
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, _ = load_model(model_source, dtype="auto", device=device)
+    geo = Geometry.from_config(model.config)
+    cfg = LoraPruneConfig()
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    base_rss = psutil.Process().memory_info().rss
+    base_cuda = torch.cuda.memory_allocated() if device == "cuda" else 0
+    with PeakMemory(interval=0.01) as mem:
+        peft_model = add_lora(model, cfg)
+        excluded = default_excluded_layers(geo.num_layers)
+        settings = PrunerSettings(ratio=0.2, excluded_layers=excluded)
+        pruner = IterativePruner(
+            peft_model, geo, build_criterion(criterion), settings, build_schedule("cubic", 0.2, 10)
+        )
+        if pruner.criterion.needs_weight_grads:
+            enable_weight_grads(peft_model, pruner.prunable, pruner.kinds)
+        params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        peft_model.train()
+        peft_model(input_ids=ids, labels=ids).loss.backward()
+        pruner.observe()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    gib = 1024**3
+    out = {
+        "criterion": criterion,
+        "device": device,
+        "peak_rss_above_model_gib": (mem.peak_rss - base_rss) / gib,
+    }
+    if mem.cuda_peak is not None:
+        out["cuda_peak_above_model_gib"] = (mem.cuda_peak - base_cuda) / gib
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded", choices=["embedded", "tiny"])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.model, args.batch, args.seq)))
+        return
+    results = {}
+    for criterion in ("loraprune", "grad"):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            criterion,
+            "--model",
+            args.model,
+            "--batch",
+            str(args.batch),
+            "--seq",
+            str(args.seq),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results[criterion] = json.loads(proc.stdout.strip().splitlines()[-1])
+    key = (
+        "cuda_peak_above_model_gib"
+        if "cuda_peak_above_model_gib" in results["grad"]
+        else "peak_rss_above_model_gib"
+    )
+    print(f"model={args.model} batch={args.batch}x{args.seq} device={results['grad']['device']} metric={key}")
+    for name, r in results.items():
+        print(f"  {name:10s} {r[key]:.3f} GiB")
+    print(f"  grad / loraprune = {results['grad'][key] / max(results['loraprune'][key], 1e-9):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
