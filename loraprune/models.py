@@ -53,7 +53,10 @@ def embedded_gguf_path() -> Path:
 
 def embedded_model_dir() -> Path:
     """The embedded SmolLM2 converted once from GGUF to safetensors (cached; ~1 min the first time)."""
-    target = cache_dir() / EMBEDDED_NAME
+    import transformers
+
+    # configs written by one transformers major may not read back in another (e.g. rope settings)
+    target = cache_dir() / f"{EMBEDDED_NAME}-transformers{transformers.__version__.split('.')[0]}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
