@@ -107,6 +107,7 @@ class Row:
     status: str | None = None  # paper rows: abstract | secondary | unverified
     pattern: str | None = None  # semi-structured N:M runs ("2:4"): the ratio is unused
     sparsity: float | None = None  # N:M runs: percent of the pruned projections' weights zeroed
+    zeroshot_protocol: str | None = None  # where the zero-shot data came from: source, split(s), limit
 
     @property
     def ratio_label(self) -> str:
@@ -176,6 +177,17 @@ def _zeroshot(zs: dict[str, Any] | None) -> tuple[dict[str, float | None], float
     return tasks, _pct(zs.get("average_acc"))
 
 
+def _zeroshot_protocol(zs: dict[str, Any] | None) -> str | None:
+    """E.g. "offline data, validation split, first 20 examples per task"."""
+    if not zs:
+        return None
+    splits = sorted({str(t.get("split")) for t in zs.get("tasks", {}).values() if t.get("split")})
+    limit = zs.get("limit")
+    cap = "every example" if limit is None else f"first {limit:g} examples per task"
+    split_text = f"{'/'.join(splits)} split{'s' if len(splits) > 1 else ''}" if splits else "default splits"
+    return f"{zs.get('source', '?')} data, {split_text}, {cap}"
+
+
 def _memory(mem: dict[str, Any] | None) -> tuple[float | None, str | None]:
     mem = mem or {}
     if mem.get("cuda_max_allocated_gib") is not None:
@@ -218,6 +230,7 @@ def rows_from_metrics(
             kept_per_layer=None if pattern else metrics.get("kept_per_layer"),
             pattern=pattern,
             sparsity=_pct(semi.get("sparsity")),
+            zeroshot_protocol=_zeroshot_protocol(metrics["pruned"].get("zeroshot")),
         )
     ]
     if "dense" in metrics:
@@ -454,6 +467,9 @@ def _run_notes(rows: Sequence[Row]) -> list[str]:
             "Zero-shot: acc (BoolQ, PIQA, WinoGrande, ARC-e) or acc_norm (HellaSwag, ARC-c, OBQA), percent; "
             "Average over the tasks run."
         )
+        protocols = sorted({r.zeroshot_protocol for r in rows if r.kind == "run" and r.zeroshot_protocol})
+        if protocols:
+            notes.append(f"Zero-shot data: {'; '.join(protocols)}.")
     if any(r.n_runs > 1 for r in rows):
         notes.append("(n=k): mean over k runs (seeds).")
     return notes
