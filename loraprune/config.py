@@ -61,8 +61,8 @@ class PruneConfig:
     attention_unit: str = "kv_group"
     schedule: str = "cubic"
     prune_freq: int = 10
-    warmup: float = 0.1
-    cooldown: float = 0.1
+    warmup: float = 0.05
+    cooldown: float = 0.5
     at_step: int = 0
     exclude_layers: list[int] | None = None
     exclude_first_fraction: float = 0.1
