@@ -2,8 +2,9 @@
 
 Each criterion runs in its own subprocess (fresh allocator, fresh peak): load the model, add LoRA, one
 forward/backward on a batch, the optimizer step (AdamW on LoRA) and the group scores of every prunable
-layer. Prints the peak (CUDA max allocated on a GPU, peak RSS sampled on CPU) above the loaded model, and
-the ratio side by side.
+layer. Prints the peak (CUDA max allocated on a GPU, peak RSS sampled on CPU) above the loaded model, the
+gradient buffers held at the scoring point (the part that differs: LoRAPrune holds LoRA gradients only,
+the true-gradient criterion a full ∂L/∂W of every pruned projection), and the ratios side by side.
 
     python scripts/bench_memory.py                       # embedded SmolLM2, batch 4 x 128
     python scripts/bench_memory.py --model tiny --batch 2 --seq 32
@@ -55,6 +56,8 @@ def measure(criterion: str, model_source: str, batch: int, seq: int) -> dict:
         peft_model.train()
         peft_model(input_ids=ids, labels=ids).loss.backward()
         pruner.observe()
+        grads = [p.grad for p in peft_model.parameters() if p.grad is not None]
+        grad_bytes = sum(g.numel() * g.element_size() for g in grads)
         opt.step()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -63,6 +66,7 @@ def measure(criterion: str, model_source: str, batch: int, seq: int) -> dict:
         "criterion": criterion,
         "device": device,
         "peak_rss_above_model_gib": (mem.peak_rss - base_rss) / gib,
+        "gradient_buffers_gib": grad_bytes / gib,
     }
     if mem.cuda_peak is not None:
         out["cuda_peak_above_model_gib"] = (mem.cuda_peak - base_cuda) / gib
@@ -101,9 +105,12 @@ def main() -> None:
         else "peak_rss_above_model_gib"
     )
     print(f"model={args.model} batch={args.batch}x{args.seq} device={results['grad']['device']} metric={key}")
+    print(f"  {'criterion':10s} {'peak':>10s} {'grad buffers':>13s}")
     for name, r in results.items():
-        print(f"  {name:10s} {r[key]:.3f} GiB")
-    print(f"  grad / loraprune = {results['grad'][key] / max(results['loraprune'][key], 1e-9):.2f}x")
+        print(f"  {name:10s} {r[key]:6.3f} GiB {r['gradient_buffers_gib']:9.4f} GiB")
+    for col in (key, "gradient_buffers_gib"):
+        ratio = results["grad"][col] / max(results["loraprune"][col], 1e-9)
+        print(f"  grad / loraprune ({col}) = {ratio:.2f}x")
 
 
 if __name__ == "__main__":
