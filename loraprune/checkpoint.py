@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -14,6 +15,8 @@ from torch import nn
 
 from loraprune.plan import PruningPlan
 from loraprune.surgery import apply_plan
+
+log = logging.getLogger(__name__)
 
 PLAN_FILE = "pruning_plan.json"
 
@@ -37,6 +40,23 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, default=str))
 
 
+def _uniform_config(config, plan: PruningPlan):
+    """A copy of ``config`` stating the pruned widths when every layer keeps the same ones and the config
+    class accepts them (some versions require hidden_size to divide by the head count); else None."""
+    widths = plan.uniform_widths() if plan.layers else None
+    if widths is None:
+        return None
+    try:
+        return type(config).from_dict({**config.to_dict(), **widths, "head_dim": plan.geometry.head_dim})
+    except Exception as e:  # noqa: BLE001 - config classes raise their own validation errors
+        log.info(
+            "pruned widths not expressible in %s (%s): load with loraprune.load_pruned",
+            type(config).__name__,
+            e,
+        )
+        return None
+
+
 def save_pruned(model: nn.Module, tokenizer, plan: PruningPlan, path: str | Path) -> Path:
     """Save a physically pruned model so :func:`load_pruned` restores it; replaces ``path`` atomically.
 
@@ -46,16 +66,11 @@ def save_pruned(model: nn.Module, tokenizer, plan: PruningPlan, path: str | Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    config = model.config
-    original = {
-        k: getattr(config, k)
-        for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size", "head_dim")
-    }
-    uniform = plan.uniform_widths() if plan.layers else None
+    original = model.config
+    uniform = _uniform_config(original, plan)
     try:
-        if uniform:
-            for key, value in {**uniform, "head_dim": plan.geometry.head_dim}.items():
-                setattr(config, key, value)
+        if uniform is not None:
+            model.config = uniform
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -64,8 +79,7 @@ def save_pruned(model: nn.Module, tokenizer, plan: PruningPlan, path: str | Path
             shutil.rmtree(path)
         tmp.rename(path)
     finally:
-        for key, value in original.items():
-            setattr(config, key, value)
+        model.config = original
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path

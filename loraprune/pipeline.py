@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -233,17 +233,8 @@ def _run(cfg, run_dir, geo, excluded, prunable, tiny, logger, started) -> dict[s
         normalize=cfg.method.normalize,
     )
     schedule = build_schedule(schedule_name, ratio, max(steps, 1), p.warmup, p.cooldown, at_step)
-    train_settings = TrainSettings(
-        steps=steps if cfg.method.finetune else 0,
-        batch_size=t.batch_size,
-        micro_batch_size=t.micro_batch_size,
-        lr=t.lr,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        seed=t.seed,
-        gradient_checkpointing=t.gradient_checkpointing,
-    )
+    shared = {f.name: getattr(t, f.name) for f in fields(TrainSettings) if f.name != "steps"}
+    train_settings = TrainSettings(steps=steps if cfg.method.finetune else 0, **shared)
     with PeakMemory() as mem:
         peft_model = add_lora(model, cfg)
         pruner, hooks, nm_masks = None, None, None

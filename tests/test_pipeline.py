@@ -1,38 +1,18 @@
 """The runner end to end on tiny models: CLI, outputs, reload, sweeps."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO, compose
+from conftest import REPO, compose, run_cli
 
 from loraprune import load_pruned
 from loraprune.pipeline import run
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
 
 def test_cli_run_writes_everything(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loraprune",
-            "debug=tiny",
-            f"output_dir={out}",
-            f"hydra.run.dir={tmp_path / 'hydra'}",
-        ],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_cli("debug=tiny", f"output_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}", cwd=tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["dense"]["ppl"]) == {"news_embedded"}
     assert metrics["pruned"]["ppl"]["news_embedded"] > 1
@@ -91,26 +71,17 @@ def test_magnitude_and_grad_methods_run(tmp_path):
 
 
 def test_sweep_runs_each_combination(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loraprune",
-            "-m",
-            "debug=tiny",
-            "method=loraprune,magnitude",
-            "prune.ratio=0.25,0.5",
-            "save_model=false",
-            f"hydra.sweep.dir={tmp_path}/sweep",
-            "trainer.steps=2",
-        ],
+    run_cli(
+        "-m",
+        "debug=tiny",
+        "method=loraprune,magnitude",
+        "prune.ratio=0.25,0.5",
+        "save_model=false",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        "trainer.steps=2",
         cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
     assert len(runs) == 4
     seen = {

@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CONF
+from conftest import CONF, run_cli
 
 from loraprune.loggers import hydra_sweep_group
 
@@ -105,27 +103,18 @@ def test_offline_wandb_sweep_run_holds_config_steps_metrics_tables_and_group(tmp
         WANDB_DATA_DIR=str(home / "data"),
         WANDB_ARTIFACT_DIR=str(home / "artifacts"),
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loraprune",
-            "-m",
-            "debug=tiny",
-            "logger=wandb",
-            "logger.wandb.mode=offline",
-            "logger.wandb.project=loraprune-test",
-            "save_model=false",
-            "prune.ratio=0.2",
-            f"hydra.sweep.dir={sweep}",
-        ],
+    run_cli(
+        "-m",
+        "debug=tiny",
+        "logger=wandb",
+        "logger.wandb.mode=offline",
+        "logger.wandb.project=loraprune-test",
+        "save_model=false",
+        "prune.ratio=0.2",
+        f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = sweep / "0_loraprune_r0.2"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     (wandb_run,) = sorted((run_dir / "wandb").glob("offline-run-*"))
