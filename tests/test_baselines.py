@@ -294,8 +294,14 @@ def corpus(tmp_path_factory) -> Path:
     words = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by"]
     idx = torch.randint(0, len(words), (1500,), generator=g).tolist()
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n".join(" ".join(words[i] for i in idx[k : k + 15]) + "." for k in range(0, 1500, 15)))
+    lines = [" ".join(words[i] for i in idx[k : k + 15]) + "." for k in range(0, 1500, 15)]
+    path.write_text("\n".join(lines[:70]))
+    _heldout(path).write_text("\n".join(lines[70:]))  # evaluation never reads the fine-tune text
     return path
+
+
+def _heldout(corpus: Path) -> Path:
+    return corpus.with_name("heldout.txt")
 
 
 def _run(tmp_path: Path, corpus: Path, *overrides: str, steps: int = 2) -> dict:
@@ -305,7 +311,7 @@ def _run(tmp_path: Path, corpus: Path, *overrides: str, steps: int = 2) -> dict:
         "debug=tiny",
         f"output_dir={tmp_path}",
         f"data.name={corpus}",
-        f"eval.ppl_sets=[{corpus}]",
+        f"eval.ppl_sets=[{_heldout(corpus)}]",
         f"trainer.steps={steps}",
         "save_model=false",
         *overrides,
@@ -321,8 +327,8 @@ def test_method_runs_end_to_end(tmp_path, corpus, name):
     assert metrics["run"]["schedule"] == "one_shot"  # forced by method.kind=one_shot (prune default: cubic)
     assert metrics["run"]["criterion"] == name
     assert metrics["achieved_ratio"] == {"q_heads": 0.25, "kv_heads": 0.25, "channels": 0.25}
-    before = metrics["pruned_before_recovery"]["ppl"][str(corpus)]
-    after = metrics["pruned"]["ppl"][str(corpus)]
+    before = metrics["pruned_before_recovery"]["ppl"][str(_heldout(corpus))]
+    after = metrics["pruned"]["ppl"][str(_heldout(corpus))]
     assert before > 0 and after > 0 and before != after
     assert metrics["train"]["steps"] == 2
 
@@ -351,7 +357,12 @@ def test_config_errors(tmp_path, corpus):
     from loraprune.pipeline import to_config
     from loraprune.validation import ConfigError, excluded_layers, validate
 
-    base = ("debug=tiny", f"output_dir={tmp_path}", f"data.name={corpus}", f"eval.ppl_sets=[{corpus}]")
+    base = (
+        "debug=tiny",
+        f"output_dir={tmp_path}",
+        f"data.name={corpus}",
+        f"eval.ppl_sets=[{_heldout(corpus)}]",
+    )
     with pytest.raises(ConfigError, match="one-shot"):
         validate(to_config(_compose(*base, "method=llm_pruner", "method.kind=iterative")))
     with pytest.raises(ConfigError, match="unknown method.options"):
@@ -485,14 +496,22 @@ def test_sparsegpt_needs_a_pattern(tmp_path, corpus):
     with pytest.raises(ConfigError, match="prune.pattern"):
         validate(
             to_config(
-                _compose("debug=tiny", f"data.name={corpus}", f"eval.ppl_sets=[{corpus}]", "method=sparsegpt")
+                _compose(
+                    "debug=tiny",
+                    f"data.name={corpus}",
+                    f"eval.ppl_sets=[{_heldout(corpus)}]",
+                    "method=sparsegpt",
+                )
             )
         )
     with pytest.raises(ConfigError, match="pattern"):
         validate(
             to_config(
                 _compose(
-                    "debug=tiny", f"data.name={corpus}", f"eval.ppl_sets=[{corpus}]", "prune.pattern=3:2"
+                    "debug=tiny",
+                    f"data.name={corpus}",
+                    f"eval.ppl_sets=[{_heldout(corpus)}]",
+                    "prune.pattern=3:2",
                 )
             )
         )
