@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -9,6 +10,7 @@ from omegaconf import DictConfig
 
 from loraprune.config import register_configs
 from loraprune.pipeline import run
+from loraprune.validation import ConfigError
 
 register_configs()
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -16,7 +18,11 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _main(cfg: DictConfig) -> float | None:
-    return run(cfg)["objective"]
+    try:
+        return run(cfg)["objective"]
+    except ConfigError as e:  # a bad input: one clear line, no traceback
+        print(f"loraprune: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main() -> None:

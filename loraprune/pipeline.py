@@ -119,7 +119,11 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
     validate(cfg)
     m, p = cfg.model, cfg.prune
     tiny = m.tiny
-    geo = Geometry.from_config(load_config(m.source, m.path, tiny, m.revision))
+    try:
+        geo = Geometry.from_config(load_config(m.source, m.path, tiny, m.revision))
+    except OSError as e:  # hub id unknown or unreachable, unreadable local files
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot load the config of model {m.path or m.source!r}: {first_line}") from e
     excluded = excluded_layers(cfg, geo)
     prunable = [i for i in range(geo.num_layers) if i not in excluded]
     if p.target == "groups":

@@ -98,3 +98,24 @@ def test_masked_training_reaches_target_even_without_steps(tmp_path):
     )
     assert metrics["achieved_ratio"]["channels"] == pytest.approx(0.2, abs=0.01)
     assert torch.isfinite(torch.tensor(metrics["pruned"]["ppl"]["news_embedded"]))
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import OFFLINE_ENV
+
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "loraprune", "debug=tiny", "prune.ratio=1.5", f"output_dir={out}"],
+        cwd=tmp_path,
+        env=OFFLINE_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "loraprune: error: prune.ratio must be in [0, 1), got 1.5"
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
