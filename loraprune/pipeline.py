@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
@@ -109,7 +110,11 @@ def add_lora(model, cfg: LoraPruneConfig):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_cfg)
+    with (
+        warnings.catch_warnings()
+    ):  # peft asks transformers 5 a deprecated question; nothing for the user to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, peft_cfg)
 
 
 def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
