@@ -110,9 +110,8 @@ def add_lora(model, cfg: LoraPruneConfig):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with (
-        warnings.catch_warnings()
-    ):  # peft asks transformers 5 a deprecated question; nothing for the user to do
+    # peft asks transformers 5 a deprecated question; nothing for the user to do
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(model, peft_cfg)
 
@@ -123,9 +122,8 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
     cfg = to_config(cfg)
     validate(cfg)
     m, p = cfg.model, cfg.prune
-    tiny = m.tiny
     try:
-        geo = Geometry.from_config(load_config(m.source, m.path, tiny, m.revision))
+        geo = Geometry.from_config(load_config(m.source, m.path, m.tiny, m.revision))
     except OSError as e:  # hub id unknown or unreachable, unreadable local files
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"cannot load the config of model {m.path or m.source!r}: {first_line}") from e
@@ -147,13 +145,13 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
     logger = build_logger(cfg.logger.name, run_dir, cfg.logger.console_every, wandb_kwargs)
     logger.log_config(config_dict)
     try:
-        metrics = _run(cfg, run_dir, geo, excluded, prunable, tiny, logger, started)
+        metrics = _run(cfg, run_dir, geo, excluded, prunable, logger, started)
     finally:
         logger.close()
     return metrics
 
 
-def _run(cfg, run_dir, geo, excluded, prunable, tiny, logger, started) -> dict[str, Any]:
+def _run(cfg, run_dir, geo, excluded, prunable, logger, started) -> dict[str, Any]:
     m, p, t = cfg.model, cfg.prune, cfg.trainer
     schedule_name, at_step = effective_schedule(cfg)
     one_shot_now = schedule_name == "one_shot" and at_step == 0
@@ -161,7 +159,7 @@ def _run(cfg, run_dir, geo, excluded, prunable, tiny, logger, started) -> dict[s
     model, tokenizer = load_model(
         m.source,
         m.path,
-        tiny=tiny,
+        tiny=m.tiny,
         dtype=t.dtype,
         device=t.device,
         revision=m.revision,

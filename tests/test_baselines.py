@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
@@ -32,7 +33,6 @@ from loraprune.structure import (
 )
 from loraprune.surgery import apply_plan, merge_lora
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 ONE_SHOT_METHODS = ("llm_pruner", "l1", "l2", "random", "wanda_sp")
 CASES = {
     "mha": TinySpec(num_heads=4, num_kv_heads=4),
@@ -277,16 +277,6 @@ def test_one_shot_hits_ratio_exactly_and_masked_equals_pruned(case, name, option
 
 
 # ------------------------------------------------------------------------- end to end through Hydra
-def _compose(*overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    from loraprune.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """A small local text (the embedded corpora take ~10 s to load and tokenize)."""
@@ -307,7 +297,7 @@ def _heldout(corpus: Path) -> Path:
 def _run(tmp_path: Path, corpus: Path, *overrides: str, steps: int = 2) -> dict:
     from loraprune.pipeline import run
 
-    cfg = _compose(
+    cfg = compose(
         "debug=tiny",
         f"output_dir={tmp_path}",
         f"data.name={corpus}",
@@ -364,18 +354,18 @@ def test_config_errors(tmp_path, corpus):
         f"eval.ppl_sets=[{_heldout(corpus)}]",
     )
     with pytest.raises(ConfigError, match="one-shot"):
-        validate(to_config(_compose(*base, "method=llm_pruner", "method.kind=iterative")))
+        validate(to_config(compose(*base, "method=llm_pruner", "method.kind=iterative")))
     with pytest.raises(ConfigError, match="unknown method.options"):
-        validate(to_config(_compose(*base, "method=l1", "+method.options.taylr=mix")))
+        validate(to_config(compose(*base, "method=l1", "+method.options.taylr=mix")))
     with pytest.raises(ConfigError, match="not both"):
         validate(
             to_config(
-                _compose(
+                compose(
                     *base, "method=llm_pruner", "method.options.layer_range=[1,3]", "prune.exclude_layers=[0]"
                 )
             )
         )
-    cfg = to_config(_compose(*base, "method=llm_pruner", "method.options.layer_range=[1,3]"))
+    cfg = to_config(compose(*base, "method=llm_pruner", "method.options.layer_range=[1,3]"))
     validate(cfg)
     assert excluded_layers(cfg, Geometry(4, 64, 4, 4, 16, 128)) == [0, 3]
     with pytest.raises(ValueError, match="taylor"):
@@ -493,28 +483,19 @@ def test_sparsegpt_needs_a_pattern(tmp_path, corpus):
     from loraprune.pipeline import to_config
     from loraprune.validation import ConfigError, validate
 
+    def check(*overrides: str) -> None:
+        validate(
+            to_config(
+                compose(
+                    "debug=tiny", f"data.name={corpus}", f"eval.ppl_sets=[{_heldout(corpus)}]", *overrides
+                )
+            )
+        )
+
     with pytest.raises(ConfigError, match="prune.pattern"):
-        validate(
-            to_config(
-                _compose(
-                    "debug=tiny",
-                    f"data.name={corpus}",
-                    f"eval.ppl_sets=[{_heldout(corpus)}]",
-                    "method=sparsegpt",
-                )
-            )
-        )
+        check("method=sparsegpt")
     with pytest.raises(ConfigError, match="pattern"):
-        validate(
-            to_config(
-                _compose(
-                    "debug=tiny",
-                    f"data.name={corpus}",
-                    f"eval.ppl_sets=[{_heldout(corpus)}]",
-                    "prune.pattern=3:2",
-                )
-            )
-        )
+        check("prune.pattern=3:2")
 
 
 def test_iterative_criteria_can_prune_one_shot(tmp_path, corpus):
