@@ -121,6 +121,7 @@ class EvalConfig:
     batch_size: int = 8
     dense: bool = True
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    sparse_speed: bool = True  # N:M runs: time torch's 2:4 sparse kernels where a GPU supports them
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from loraprune import data, semistructured
+from loraprune import data, semistructured, sparse_speed
 from loraprune.budget import ratio_for_param_fraction
 from loraprune.calibration import end_one_shot, prepare_importance
 from loraprune.checkpoint import save_pruned, write_json, write_text
@@ -58,12 +58,14 @@ class PruningHooks(StepHooks):
     """Connects the pruner to the training loop. Once the final ratio is reached it stops scoring (masks
     never change again) and calls ``on_done`` once (e.g. to stop ∂L/∂W of the pretrained weights)."""
 
-    def __init__(self, pruner: IterativePruner, total_steps: int, on_done=None) -> None:
+    def __init__(
+        self, pruner: IterativePruner | semistructured.IterativeNMPruner, total_steps: int, on_done=None
+    ) -> None:
         self.pruner, self.total_steps, self.on_done = pruner, total_steps, on_done
         self.notified = False
 
     def finished(self) -> bool:
-        return self.pruner.current_ratio >= self.pruner.settings.ratio
+        return self.pruner.finished
 
     def after_accumulation(self, step: int) -> None:
         if not self.finished():
@@ -245,7 +247,7 @@ def _run(cfg, run_dir, geo, excluded, prunable, logger, started) -> dict[str, An
     with PeakMemory() as mem:
         peft_model = add_lora(model, cfg)
         pruner, hooks, nm_masks = None, None, None
-        if p.pattern is not None:  # semi-structured N:M, one-shot at step 0; no group is removed
+        if p.pattern is not None and one_shot_now:  # semi-structured N:M at step 0; no group is removed
             nm_masks = semistructured.prune_one_shot(
                 criterion,
                 peft_model,
@@ -255,6 +257,23 @@ def _run(cfg, run_dir, geo, excluded, prunable, logger, started) -> dict[str, An
                 cfg.method.options,
                 tokenizer.pad_token_id,
             )
+            semistructured.mask_lora_updates(peft_model, nm_masks)
+            plan = PruningPlan(geo, p.attention_unit)
+        elif p.pattern is not None:  # N:M chosen during fine-tuning along the schedule
+            nm_schedule = build_schedule(schedule_name, 1.0, max(steps, 1), p.warmup, p.cooldown, at_step)
+            nm_pruner = semistructured.IterativeNMPruner(
+                peft_model, prunable, p.pattern, criterion, nm_schedule, p.prune_freq, cfg.method.ema_beta
+            )
+            nm_masks = nm_pruner.masks
+            if criterion.needs_weight_grads:
+                nm_pruner.set_weight_grads(True)
+
+            def nm_done() -> None:
+                nm_pruner.release()
+                if criterion.needs_weight_grads:
+                    nm_pruner.set_weight_grads(False)
+
+            hooks = PruningHooks(nm_pruner, train_settings.steps, on_done=nm_done)
             plan = PruningPlan(geo, p.attention_unit)
         else:
             pruner = IterativePruner(peft_model, geo, criterion, settings, schedule)
@@ -283,6 +302,8 @@ def _run(cfg, run_dir, geo, excluded, prunable, logger, started) -> dict[str, An
         train_summary = finetune(
             peft_model, samples, train_settings, tokenizer.pad_token_id, hooks, logger.log_step
         )
+        if hooks is not None and pruner is None and not hooks.pruner.finished:
+            hooks.pruner.convert_to(1.0)  # e.g. no fine-tuning steps: the whole pattern before merging
         if pruner is not None:
             if pruner.current_ratio < ratio:
                 pruner.prune_to(ratio)  # e.g. no fine-tuning steps: reach the target before finalizing
@@ -321,6 +342,11 @@ def _run(cfg, run_dir, geo, excluded, prunable, logger, started) -> dict[str, An
     if cfg.save_model:
         save_pruned(model, tokenizer, plan, run_dir / "model")
         metrics["model_dir"] = str(run_dir / "model")
+    if nm_masks is not None and cfg.eval.sparse_speed:  # last: converts the model's weights in place
+        dtype = "bfloat16" if next(model.parameters()).dtype == torch.bfloat16 else "float16"
+        speed = sparse_speed.measure(model, nm_masks, cfg.eval.batch_size, cfg.eval.seq_len, dtype)
+        metrics["semistructured"]["speed"] = speed
+        log.info("2:4 sparse kernels: %s", speed.get("skipped") or f"{speed['model_speedup']:.2f}x forward")
     metrics["wall_time_s"] = round(time.time() - started, 2)
     metrics["objective"] = next(iter(metrics["pruned"]["ppl"].values()), None)
     write_json(run_dir / "metrics.json", metrics)

@@ -69,6 +69,11 @@ class IterativePruner:
         self.current_ratio = 0.0
 
     @property
+    def finished(self) -> bool:
+        """The final ratio is in force (masks never change again)."""
+        return self.current_ratio >= self.settings.ratio
+
+    @property
     def buckets(self) -> int:
         """Equal-removal buckets for attention units (KV groups for ``query_head`` on GQA)."""
         gqa = self.geo.queries_per_kv > 1

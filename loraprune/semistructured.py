@@ -1,11 +1,17 @@
 """Semi-structured N:M sparsity (``prune.pattern: "2:4"``): in every row of every pruned projection, each
 group of ``M`` consecutive input weights keeps ``N`` (NVIDIA's convention; 2:4 zeroes two of every four).
 
-Weights are chosen one-shot at step 0, before LoRA recovery, by any criterion's element scores
-(``magnitude`` |W|, ``wanda`` |W|·‖X‖, ``loraprune`` |G⊙W| from LoRA gradients on calibration samples,
-...) or by SparseGPT's OBS solver (``sparsegpt``, which also updates the kept weights). The pretrained
-weights are zeroed at the dropped positions; LoRA then trains densely and is merged *through the mask*,
-``W ← (W + s·B·A) ⊙ M``, so the merged model keeps the pattern exactly.
+Two ways to choose the pattern:
+
+* one-shot at step 0 (``method.kind=one_shot``: ``magnitude`` |W|, ``wanda`` |W|·‖X‖, ``sparsegpt``'s OBS
+  solver, which also updates the kept weights), then LoRA recovery: :func:`prune_one_shot`;
+* during fine-tuning (iterative methods: ``loraprune`` |G⊙(W+s·B·A)| from LoRA's gradients, ``grad``,
+  ``magnitude``): :class:`IterativeNMPruner` smooths element scores and switches rows of every
+  projection to the pattern along the schedule (``prune.schedule``/``warmup``/``cooldown``/``prune_freq``).
+
+The pretrained weights are zeroed at the dropped positions and LoRA's update is masked too
+(:mod:`loraprune.masked_lora`), so what is trained is ``(W + s·B·A) ⊙ M``; merging *through the mask*
+gives exactly that model, and it keeps the pattern exactly.
 
 Projections: all seven of every prunable layer (``prune.exclude_*`` / ``method.options.layer_range``;
 Wanda and SparseGPT prune every layer: ``prune.exclude_layers=[]``). ``prune.ratio`` does not apply.
@@ -29,6 +35,7 @@ from loraprune.calibration import (
     pretrained_weight,
 )
 from loraprune.criteria.base import lora_tensors
+from loraprune.masked_lora import mask_lora_update, unmask_lora_update
 from loraprune.structure import ALL_PROJECTIONS, decoder_layers, projection
 from loraprune.surgery import merge_lora
 
@@ -198,8 +205,140 @@ def prune_one_shot(
     return masks
 
 
+def mask_lora_updates(model: nn.Module, masks: Masks) -> None:
+    """Train ``(W + s·B·A) ⊙ M`` on every masked projection that carries LoRA (masks held by reference)."""
+    layers = decoder_layers(model)
+    for (i, name), keep in masks.items():
+        module = projection(layers[i], name)
+        if lora_tensors(module).lora_a is not None:
+            mask_lora_update(module, keep)
+
+
+class IterativeNMPruner:
+    """N:M sparsity chosen during LoRA fine-tuning from smoothed element scores.
+
+    The schedule (final value 1) gives the fraction of each projection's rows already following the
+    pattern. At a due step every projection switches its remaining rows that lose the least smoothed
+    importance under their best N:M choice (Σ of the dropped scores); a switched row keeps its pattern
+    for good: its weights are zeroed and its LoRA update masked. At the end every row follows it.
+
+    The moving average holds one float per pruned weight (in the weight's dtype); call :meth:`observe`
+    after each step's backward and :meth:`step` after the optimizer step, as for ``IterativePruner``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        prunable: Sequence[int],
+        pattern: str,
+        criterion,
+        schedule,
+        prune_freq: int = 10,
+        ema_beta: float = 0.9,
+    ) -> None:
+        if prune_freq < 1:
+            raise ValueError(f"prune.prune_freq must be >= 1, got {prune_freq}")
+        self.n, self.m = parse_pattern(pattern)
+        self.pattern, self.criterion, self.schedule = pattern, criterion, schedule
+        self.prune_freq, self.beta = prune_freq, ema_beta
+        self.chosen = targets(model, prunable)
+        self.masks: Masks = {}
+        self.converted: dict[tuple[int, str], torch.Tensor] = {}
+        self.ema: dict[tuple[int, str], torch.Tensor] = {}
+        for i, name, module in self.chosen:
+            weight = pretrained_weight(module)
+            if weight.shape[1] % self.m:
+                raise ValueError(
+                    f"layer {i} {name}: {weight.shape[1]} inputs are not a multiple of {self.m} ({pattern})"
+                )
+            self.masks[(i, name)] = torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
+            self.converted[(i, name)] = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
+        mask_lora_updates(model, self.masks)
+        self.fraction = 0.0  # of rows following the pattern
+        self.skipped = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.fraction >= 1.0
+
+    @property
+    def current_ratio(self) -> float:
+        """Sparsity of the pruned projections now (``(1 − N/M)`` × the converted fraction)."""
+        return self.fraction * (1 - self.n / self.m)
+
+    @torch.no_grad()
+    def observe(self) -> None:
+        """Fold this step's element scores into the moving average (per projection; NaN/Inf skipped)."""
+        for i, name, module in self.chosen:
+            scores = self.criterion.element_scores(module)
+            if not torch.isfinite(scores).all():
+                self.skipped += 1
+                log.warning("layer %d %s: non-finite scores skipped (%d so far)", i, name, self.skipped)
+                continue
+            weight = pretrained_weight(module)
+            prev = self.ema.get((i, name))
+            if prev is None:
+                self.ema[(i, name)] = ((1 - self.beta) * scores).to(weight.dtype)
+            else:
+                prev.mul_(self.beta).add_(scores.to(prev.dtype), alpha=1 - self.beta)
+
+    def step(self, step: int, final_step: bool = False) -> float:
+        """Apply the schedule after optimizer step ``step`` (1-based); returns the sparsity in force."""
+        target = min(1.0, float(self.schedule(step)))
+        due = step % self.prune_freq == 0 or final_step or target >= 1.0
+        if final_step:
+            target = 1.0
+        if due and target > self.fraction:
+            self.convert_to(target)
+        return self.current_ratio
+
+    @torch.no_grad()
+    def convert_to(self, fraction: float) -> None:
+        """Switch rows until ``fraction`` of every projection's rows follow the pattern."""
+        if not self.ema:
+            raise RuntimeError("no importance observed yet: call observe() after a backward pass first")
+        for i, name, module in self.chosen:
+            done = self.converted[(i, name)]
+            rows = done.numel()
+            new = round(fraction * rows) - int(done.sum())
+            if new <= 0:
+                continue
+            scores = self.ema[(i, name)].float()
+            cost = scores.sum(1) - self._kept_sum(scores)
+            cost[done] = float("inf")
+            pick = torch.topk(cost, new, largest=False).indices
+            keep = nm_keep_mask(scores[pick], self.n, self.m)
+            self.masks[(i, name)][pick] = keep
+            weight = pretrained_weight(module)
+            weight[pick] = weight[pick] * keep.to(weight.dtype)
+            done[pick] = True
+        self.fraction = fraction
+        log.info("%s pattern on %.0f%% of the rows", self.pattern, 100 * fraction)
+
+    def _kept_sum(self, scores: torch.Tensor) -> torch.Tensor:
+        rows, cols = scores.shape
+        groups = scores.reshape(rows, cols // self.m, self.m)
+        return torch.topk(groups, self.n, dim=-1).values.sum((-1, -2))
+
+    def set_weight_grads(self, enabled: bool) -> None:
+        """``∂L/∂W`` of the pruned projections on or off (criteria that need it, e.g. ``grad``)."""
+        for _, _, module in self.chosen:
+            weight = pretrained_weight(module)
+            weight.requires_grad_(enabled)
+            if not enabled:
+                weight.grad = None
+
+    def release(self) -> None:
+        """Free the moving average once every row follows the pattern."""
+        self.ema.clear()
+
+
 def merge_through_masks(model: nn.Module, masks: Masks) -> nn.Module:
-    """Merge LoRA (``W + s·B·A``) and re-apply the keep masks, so the merged weights keep the pattern."""
+    """Merge LoRA (``W + s·B·A``) and re-apply the keep masks, so the merged weights keep the pattern
+    (and equal what the masked adapters computed)."""
+    layers = decoder_layers(model)
+    for i, name in masks:
+        unmask_lora_update(projection(layers[i], name))
     merged = merge_lora(model)
     layers = decoder_layers(merged)
     with torch.no_grad():

@@ -72,6 +72,11 @@ def validate(cfg: LoraPruneConfig) -> None:
             parse_pattern(p.pattern)
         except ValueError as e:
             raise ConfigError(str(e)) from e
+        schedule, at_step = effective_schedule(cfg)
+        _check(
+            schedule != "one_shot" or at_step == 0,
+            f"prune.pattern {p.pattern!r} one-shot prunes at step 0 only, got prune.at_step={at_step}",
+        )
     _check(
         p.pattern is not None or not getattr(CRITERIA.get(m.criterion), "semistructured_only", False),
         f"criterion {m.criterion!r} prunes semi-structured patterns only: set prune.pattern (e.g. 2:4)",
@@ -119,10 +124,10 @@ def validate(cfg: LoraPruneConfig) -> None:
 
 
 def effective_schedule(cfg: LoraPruneConfig) -> tuple[str, int]:
-    """``(schedule, at_step)`` in force: a ``method.kind=one_shot`` method, and any semi-structured
-    ``prune.pattern``, prune one-shot at step 0 (then LoRA fine-tuning is the recovery); otherwise
-    ``prune.schedule`` / ``prune.at_step``."""
-    if cfg.method.kind == "one_shot" or cfg.prune.pattern is not None:
+    """``(schedule, at_step)`` in force: a ``method.kind=one_shot`` method prunes one-shot at step 0
+    (then LoRA fine-tuning is the recovery), groups or an N:M ``prune.pattern`` alike; otherwise
+    ``prune.schedule`` / ``prune.at_step`` (for a pattern: the fraction of rows switched to it)."""
+    if cfg.method.kind == "one_shot":
         return "one_shot", 0
     return cfg.prune.schedule, cfg.prune.at_step
 

@@ -469,14 +469,135 @@ def test_two_four_survives_lora_merge(case, name):
         assert torch.allclose(before, after, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["magnitude", "wanda", "sparsegpt", "loraprune"])
-def test_two_four_end_to_end(tmp_path, corpus, name):
-    metrics = _run(tmp_path, corpus, f"method={name}", "prune.pattern=2:4", "prune.exclude_layers=[]")
+@pytest.mark.parametrize(
+    ("name", "extra", "schedule"),
+    [
+        ("magnitude", "method.kind=one_shot", "one_shot"),
+        ("wanda", "", "one_shot"),
+        ("sparsegpt", "", "one_shot"),
+        ("loraprune", "", "cubic"),  # the LoRA-guided pattern is chosen during fine-tuning
+        ("grad", "", "cubic"),
+    ],
+)
+def test_two_four_end_to_end(tmp_path, corpus, name, extra, schedule):
+    extras = [extra] if extra else []
+    metrics = _run(
+        tmp_path, corpus, f"method={name}", "prune.pattern=2:4", "prune.exclude_layers=[]", *extras, steps=4
+    )
     report = metrics["semistructured"]
     assert report["exact"] and report["projections"] == 4 * 7 and abs(report["sparsity"] - 0.5) < 1e-3
-    assert metrics["run"]["schedule"] == "one_shot"
-    assert "pruned_before_recovery" in metrics
+    assert metrics["run"]["schedule"] == schedule
+    assert ("pruned_before_recovery" in metrics) == (schedule == "one_shot")
     assert metrics["params"]["removed_fraction_total"] == 0.0  # zeros, not removed groups
+    assert "CUDA" in report["speed"]["skipped"]  # CPU here: the sparse-kernel timing skips, saying why
+
+
+def test_masked_lora_layer_by_hand():
+    """A masked LoRA projection computes x·(W⊙M)ᵀ + b + x·((s·B·A)⊙M)ᵀ, gradients included."""
+    from loraprune.masked_lora import mask_lora_update, unmask_lora_update
+
+    model, _ = _tiny("gqa")
+    pm = get_peft_model(
+        model, LoraConfig(r=2, lora_alpha=6, lora_dropout=0.0, target_modules=list(ALL_PROJECTIONS))
+    )
+    module = projection(pm.base_model.model.model.layers[1], "k_proj")
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        module.lora_B["default"].weight.normal_(0, 0.5, generator=g)
+    w, b = module.base_layer.weight.detach(), module.base_layer.bias.detach()
+    a_ref = module.lora_A["default"].weight.detach().clone().requires_grad_(True)
+    b_ref = module.lora_B["default"].weight.detach().clone().requires_grad_(True)
+    keep = torch.rand(w.shape, generator=g) > 0.5
+    x = torch.randn(3, 5, w.shape[1], generator=g)
+    mask_lora_update(module, keep)
+    out = module(x)
+    out.square().sum().backward()
+    s = 6 / 2
+    expected = x @ w.t() + b + x @ ((s * b_ref @ a_ref) * keep).t()
+    expected.square().sum().backward()
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(module.lora_A["default"].weight.grad, a_ref.grad, atol=1e-4)
+    assert torch.allclose(module.lora_B["default"].weight.grad, b_ref.grad, atol=1e-4)
+    unmask_lora_update(module)
+    with torch.no_grad():  # peft's own, unmasked forward again
+        assert torch.allclose(module(x), x @ w.t() + b + x @ (s * b_ref @ a_ref).t(), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_masked_lora_training_merges_exactly(case):
+    """Trained through the masks, the model merged through them is the same function (merged ==
+    unmerged), and exactly 2:4."""
+    from loraprune.semistructured import is_nm_sparse, mask_lora_updates, merge_through_masks, nm_keep_mask
+
+    model, _ = _tiny(case)
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(ALL_PROJECTIONS)))
+    layers = pm.base_model.model.model.layers
+    masks = {}
+    with torch.no_grad():
+        for i in (1, 2):
+            for name in ALL_PROJECTIONS:
+                weight = projection(layers[i], name).base_layer.weight
+                masks[(i, name)] = nm_keep_mask(weight.abs(), 2, 4)
+                weight.mul_(masks[(i, name)])
+    mask_lora_updates(pm, masks)
+    opt = torch.optim.SGD([p for n, p in pm.named_parameters() if "lora_" in n], lr=0.5)
+    ids = torch.randint(3, 259, (2, 20), generator=torch.Generator().manual_seed(5))
+    for _ in range(3):
+        pm(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    pm.eval()
+    with torch.no_grad():
+        unmerged = pm(input_ids=ids).logits
+        merged = merge_through_masks(pm, masks)
+        after = merged(input_ids=ids).logits
+    assert torch.allclose(unmerged, after, atol=1e-5)
+    assert all(is_nm_sparse(projection(merged.model.layers[i], n).weight, 2, 4) for i, n in masks)
+
+
+class _FixedScores:
+    """A criterion with set element scores per projection (the hand-computed case)."""
+
+    name = "fixed"
+    needs_weight_grads = False
+
+    def __init__(self, scores: dict[int, torch.Tensor]) -> None:
+        self.scores = scores
+
+    def element_scores(self, module: nn.Module) -> torch.Tensor:
+        return self.scores[id(module)]
+
+
+def test_iterative_two_four_switches_cheapest_rows_first():
+    from loraprune.schedule import build_schedule
+    from loraprune.semistructured import IterativeNMPruner, is_nm_sparse, nm_keep_mask, targets
+
+    model, _ = _tiny()
+    pm = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=list(ALL_PROJECTIONS)))
+    g = torch.Generator().manual_seed(0)
+    scores = {id(m): torch.rand(m.base_layer.weight.shape, generator=g) for _, _, m in targets(pm, [1])}
+    schedule = build_schedule("linear", 1.0, 4)
+    pruner = IterativeNMPruner(pm, [1], "2:4", _FixedScores(scores), schedule, prune_freq=1, ema_beta=0.5)
+    pruner.observe()  # EMA from zero: ½·S (the ranking is S's)
+    pruner.observe()  # ¾·S
+    i, name, module = next(t for t in pruner.chosen if t[1] == "gate_proj")
+    s = scores[id(module)]
+    assert torch.allclose(pruner.ema[(i, name)], 0.75 * s)
+    before = module.base_layer.weight.detach().clone()
+    assert pruner.step(2) == pytest.approx(0.25)  # linear: half of the rows at step 2 of 4
+    # by hand: a row's cost is what its best 2:4 choice drops; the cheapest half switches
+    cost = s.sum(1) - (s * nm_keep_mask(s, 2, 4)).sum(1)
+    half = s.shape[0] // 2
+    cheapest = torch.sort(torch.argsort(cost)[:half]).values
+    done = torch.nonzero(pruner.converted[(i, name)]).flatten()
+    assert torch.equal(done, cheapest)
+    weight = module.base_layer.weight.detach()
+    assert torch.equal(weight[done], before[done] * nm_keep_mask(s[done], 2, 4))
+    rest = pruner.converted[(i, name)].logical_not()
+    assert torch.equal(weight[rest], before[rest]) and bool(pruner.masks[(i, name)][rest].all())
+    pruner.step(4, final_step=True)
+    assert pruner.finished and pruner.current_ratio == pytest.approx(0.5)
+    assert all(is_nm_sparse(t[2].base_layer.weight, 2, 4) for t in pruner.chosen)
 
 
 def test_sparsegpt_needs_a_pattern(tmp_path, corpus):
