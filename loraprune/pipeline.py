@@ -265,15 +265,7 @@ def _run(cfg, run_dir, geo, excluded, prunable, logger, started) -> dict[str, An
                 peft_model, prunable, p.pattern, criterion, nm_schedule, p.prune_freq, cfg.method.ema_beta
             )
             nm_masks = nm_pruner.masks
-            if criterion.needs_weight_grads:
-                nm_pruner.set_weight_grads(True)
-
-            def nm_done() -> None:
-                nm_pruner.release()
-                if criterion.needs_weight_grads:
-                    nm_pruner.set_weight_grads(False)
-
-            hooks = PruningHooks(nm_pruner, train_settings.steps, on_done=nm_done)
+            hooks = PruningHooks(nm_pruner, train_settings.steps, on_done=nm_pruner.release)
             plan = PruningPlan(geo, p.attention_unit)
         else:
             pruner = IterativePruner(peft_model, geo, criterion, settings, schedule)

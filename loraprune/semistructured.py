@@ -222,8 +222,9 @@ class IterativeNMPruner:
     importance under their best N:M choice (Σ of the dropped scores); a switched row keeps its pattern
     for good: its weights are zeroed and its LoRA update masked. At the end every row follows it.
 
-    The moving average holds one float per pruned weight (in the weight's dtype); call :meth:`observe`
-    after each step's backward and :meth:`step` after the optimizer step, as for ``IterativePruner``.
+    The moving average holds one float per pruned weight (in the weight's dtype); criteria that need
+    ``∂L/∂W`` (``grad``) get it until :meth:`release`. Call :meth:`observe` after each step's backward
+    and :meth:`step` after the optimizer step, as for ``IterativePruner``.
     """
 
     def __init__(
@@ -254,6 +255,8 @@ class IterativeNMPruner:
             self.masks[(i, name)] = torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
             self.converted[(i, name)] = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
         mask_lora_updates(model, self.masks)
+        if criterion.needs_weight_grads:
+            self.set_weight_grads(True)
         self.fraction = 0.0  # of rows following the pattern
         self.skipped = 0
 
@@ -329,8 +332,10 @@ class IterativeNMPruner:
                 weight.grad = None
 
     def release(self) -> None:
-        """Free the moving average once every row follows the pattern."""
+        """Once every row follows the pattern: free the moving average (and ``∂L/∂W``)."""
         self.ema.clear()
+        if self.criterion.needs_weight_grads:
+            self.set_weight_grads(False)
 
 
 def merge_through_masks(model: nn.Module, masks: Masks) -> nn.Module:
