@@ -306,6 +306,8 @@ class IterativeNMPruner:
             new = round(fraction * rows) - int(done.sum())
             if new <= 0:
                 continue
+            if (i, name) not in self.ema:
+                raise RuntimeError(f"layer {i} {name}: every importance update so far was non-finite")
             scores = self.ema[(i, name)].float()
             cost = scores.sum(1) - self._kept_sum(scores)
             cost[done] = float("inf")
