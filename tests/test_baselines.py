@@ -472,7 +472,8 @@ def test_two_four_survives_lora_merge(case, name):
 @pytest.mark.parametrize(
     ("name", "extra", "schedule"),
     [
-        ("magnitude", "method.kind=one_shot", "one_shot"),
+        ("magnitude_oneshot", "", "one_shot"),
+        ("magnitude", "", "cubic"),
         ("wanda", "", "one_shot"),
         ("sparsegpt", "", "one_shot"),
         ("loraprune", "", "cubic"),  # the LoRA-guided pattern is chosen during fine-tuning
