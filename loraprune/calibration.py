@@ -48,7 +48,12 @@ def scored_modules(model: nn.Module, prunable: Sequence[int], kinds) -> list[nn.
 
 def set_weight_grads(model: nn.Module, prunable: Sequence[int], kinds, enabled: bool) -> None:
     """Turn ``∂L/∂W`` of the pruned projections' pretrained weights on or off (off also frees ``.grad``)."""
-    for module in scored_modules(model, prunable, kinds):
+    set_module_weight_grads(scored_modules(model, prunable, kinds), enabled)
+
+
+def set_module_weight_grads(modules: Sequence[nn.Module], enabled: bool) -> None:
+    """``∂L/∂W`` of these projections' pretrained weights on or off (off also frees ``.grad``)."""
+    for module in modules:
         weight = pretrained_weight(module)
         weight.requires_grad_(enabled)
         if not enabled:

@@ -33,6 +33,7 @@ from loraprune.calibration import (
     has_own_calibration,
     needs_gradients,
     pretrained_weight,
+    set_module_weight_grads,
 )
 from loraprune.criteria.base import lora_tensors
 from loraprune.masked_lora import mask_lora_update, unmask_lora_update
@@ -327,11 +328,7 @@ class IterativeNMPruner:
 
     def set_weight_grads(self, enabled: bool) -> None:
         """``∂L/∂W`` of the pruned projections on or off (criteria that need it, e.g. ``grad``)."""
-        for _, _, module in self.chosen:
-            weight = pretrained_weight(module)
-            weight.requires_grad_(enabled)
-            if not enabled:
-                weight.grad = None
+        set_module_weight_grads([module for _, _, module in self.chosen], enabled)
 
     def release(self) -> None:
         """Once every row follows the pattern: free the moving average (and ``∂L/∂W``)."""
