@@ -1,12 +1,12 @@
 """loraprune: structured pruning of LLaMA-family LLMs guided by LoRA gradients (LoRAPrune)."""
 
-from loraprune.checkpoint import load_pruned, save_pruned
+from loraprune.run.checkpoint import load_pruned, save_pruned
 
 __all__ = ["load_pruned", "save_pruned", "run"]
 
 
 def run(cfg):
-    """Run one experiment from a config (see :func:`loraprune.pipeline.run`)."""
-    from loraprune.pipeline import run as _run
+    """Run one experiment from a config (see :func:`loraprune.run.pipeline.run`)."""
+    from loraprune.run.pipeline import run as _run
 
     return _run(cfg)

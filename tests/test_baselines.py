@@ -11,19 +11,9 @@ from conftest import compose
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from loraprune.calibration import (
-    calibration_batches,
-    end_one_shot,
-    input_square_norms,
-    prepare_importance,
-    weight_gradients,
-)
-from loraprune.criteria import build_criterion
-from loraprune.importance import module_channel_scores, unit_scores
-from loraprune.models import TinySpec, load_model
-from loraprune.pruner import IterativePruner, PrunerSettings
-from loraprune.schedule import OneShotSchedule
-from loraprune.structure import (
+from loraprune.core.importance import module_channel_scores, unit_scores
+from loraprune.core.schedule import OneShotSchedule
+from loraprune.core.structure import (
     ALL_PROJECTIONS,
     Geometry,
     decoder_layers,
@@ -31,7 +21,17 @@ from loraprune.structure import (
     projection,
     removable_counts,
 )
-from loraprune.surgery import apply_plan, merge_lora
+from loraprune.core.surgery import apply_plan, merge_lora
+from loraprune.criteria import build_criterion
+from loraprune.pruners.structured import IterativePruner, PrunerSettings
+from loraprune.run.calibration import (
+    calibration_batches,
+    end_one_shot,
+    input_square_norms,
+    prepare_importance,
+    weight_gradients,
+)
+from loraprune.run.models import TinySpec, load_model
 
 ONE_SHOT_METHODS = ("llm_pruner", "l1", "l2", "random", "wanda_sp")
 CASES = {
@@ -295,7 +295,7 @@ def _heldout(corpus: Path) -> Path:
 
 
 def _run(tmp_path: Path, corpus: Path, *overrides: str, steps: int = 2) -> dict:
-    from loraprune.pipeline import run
+    from loraprune.run.pipeline import run
 
     cfg = compose(
         "debug=tiny",
@@ -344,8 +344,8 @@ def test_llm_pruner_gqa_query_heads_and_layer_range(tmp_path, corpus):
 
 
 def test_config_errors(tmp_path, corpus):
-    from loraprune.pipeline import to_config
-    from loraprune.validation import ConfigError, excluded_layers, validate
+    from loraprune.run.pipeline import to_config
+    from loraprune.run.resolve import ConfigError, excluded_layers, validate
 
     base = (
         "debug=tiny",
@@ -374,9 +374,9 @@ def test_config_errors(tmp_path, corpus):
 
 def test_grad_criterion_weight_grads_only_while_scoring():
     """method=grad needs ∂L/∂W while it scores; once the final ratio is reached they are switched off."""
-    from loraprune.pipeline import PruningHooks
-    from loraprune.schedule import build_schedule
-    from loraprune.train import TrainSettings, finetune
+    from loraprune.core.schedule import build_schedule
+    from loraprune.run.pipeline import PruningHooks
+    from loraprune.run.train import TrainSettings, finetune
 
     model, tok = _tiny()
     geo = Geometry.from_config(model.config)
@@ -397,7 +397,7 @@ def test_grad_criterion_weight_grads_only_while_scoring():
 
 # ------------------------------------------------------------------------------- semi-structured 2:4
 def test_nm_keep_mask_by_hand():
-    from loraprune.semistructured import is_nm_sparse, nm_keep_mask, parse_pattern
+    from loraprune.core.nm import is_nm_sparse, nm_keep_mask, parse_pattern
 
     scores = torch.tensor(
         [[4.0, 1.0, 3.0, 2.0, 0.0, 5.0, 6.0, 1.0], [1.0, 2.0, 3.0, 4.0, 9.0, 8.0, 7.0, 6.0]]
@@ -411,7 +411,7 @@ def test_nm_keep_mask_by_hand():
 
 
 def test_obs_with_identity_hessian_is_magnitude_pruning_and_beats_it_otherwise():
-    from loraprune.semistructured import is_nm_sparse, nm_keep_mask, obs_prune_nm
+    from loraprune.core.nm import is_nm_sparse, nm_keep_mask, obs_prune_nm
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(6, 16, generator=g)
@@ -431,7 +431,7 @@ def test_obs_with_identity_hessian_is_magnitude_pruning_and_beats_it_otherwise()
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("name", ["magnitude", "wanda", "sparsegpt", "loraprune"])
 def test_two_four_survives_lora_merge(case, name):
-    from loraprune.semistructured import is_nm_sparse, merge_through_masks, prune_one_shot
+    from loraprune.core.nm import is_nm_sparse, merge_through_masks, prune_one_shot
 
     model, tok = _tiny(case)
     pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(ALL_PROJECTIONS)))
@@ -495,7 +495,7 @@ def test_two_four_end_to_end(tmp_path, corpus, name, extra, schedule):
 
 def test_masked_lora_layer_by_hand():
     """A masked LoRA projection computes x·(W⊙M)ᵀ + b + x·((s·B·A)⊙M)ᵀ, gradients included."""
-    from loraprune.masked_lora import mask_lora_update, unmask_lora_update
+    from loraprune.core.masked_lora import mask_lora_update, unmask_lora_update
 
     model, _ = _tiny("gqa")
     pm = get_peft_model(
@@ -528,7 +528,7 @@ def test_masked_lora_layer_by_hand():
 def test_masked_lora_training_merges_exactly(case):
     """Trained through the masks, the model merged through them is the same function (merged ==
     unmerged), and exactly 2:4."""
-    from loraprune.semistructured import is_nm_sparse, mask_lora_updates, merge_through_masks, nm_keep_mask
+    from loraprune.core.nm import is_nm_sparse, mask_lora_updates, merge_through_masks, nm_keep_mask
 
     model, _ = _tiny(case)
     pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(ALL_PROJECTIONS)))
@@ -570,8 +570,8 @@ class _FixedScores:
 
 
 def test_iterative_two_four_switches_cheapest_rows_first():
-    from loraprune.schedule import build_schedule
-    from loraprune.semistructured import IterativeNMPruner, is_nm_sparse, nm_keep_mask, targets
+    from loraprune.core.nm import IterativeNMPruner, is_nm_sparse, nm_keep_mask, targets
+    from loraprune.core.schedule import build_schedule
 
     model, _ = _tiny()
     pm = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=list(ALL_PROJECTIONS)))
@@ -602,8 +602,8 @@ def test_iterative_two_four_switches_cheapest_rows_first():
 
 
 def test_sparsegpt_needs_a_pattern(tmp_path, corpus):
-    from loraprune.pipeline import to_config
-    from loraprune.validation import ConfigError, validate
+    from loraprune.run.pipeline import to_config
+    from loraprune.run.resolve import ConfigError, validate
 
     def check(*overrides: str) -> None:
         validate(

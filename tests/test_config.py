@@ -7,8 +7,8 @@ from conftest import CONF, compose
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from loraprune.pipeline import run, to_config
-from loraprune.validation import ConfigError, validate
+from loraprune.run.pipeline import run, to_config
+from loraprune.run.resolve import ConfigError, validate
 
 GROUPS = sorted(
     p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "debug", "local")

@@ -2,9 +2,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from loraprune.core.importance import MovingAverage, unit_scores
+from loraprune.core.structure import GroupKind, Slice
 from loraprune.criteria import build_criterion, estimated_weight_grad, lora_tensors
-from loraprune.importance import MovingAverage, unit_scores
-from loraprune.structure import GroupKind, Slice
 
 
 def test_estimated_gradient_formula_by_hand():

@@ -1,4 +1,4 @@
-"""Tests of loraprune.data and loraprune.embedded_corpora (offline, tiny byte-level tokenizer)."""
+"""Tests of loraprune.data and loraprune.data.embedded_corpora (offline, tiny byte-level tokenizer)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerFast
 
 from loraprune import data
 from loraprune.data import FinetuneDataSpec, build_finetune_dataset, collate, load_eval_text
-from loraprune.embedded_corpora import (
+from loraprune.data.embedded_corpora import (
     embedded_news_documents,
     embedded_news_split,
     embedded_wiki_articles,

@@ -7,7 +7,7 @@ import torch
 from conftest import REPO, compose, run_cli
 
 from loraprune import load_pruned
-from loraprune.pipeline import run
+from loraprune.run.pipeline import run
 
 
 def test_cli_run_writes_everything(tmp_path):

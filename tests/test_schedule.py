@@ -1,6 +1,6 @@
 import pytest
 
-from loraprune.schedule import CubicSchedule, OneShotSchedule, build_schedule
+from loraprune.core.schedule import CubicSchedule, OneShotSchedule, build_schedule
 
 
 def test_cubic_by_hand():

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from loraprune.models import TinySpec, load_model
-from loraprune.sparse_speed import measure, unsupported_reason
+from loraprune.evaluation.sparse_speed import measure, unsupported_reason
+from loraprune.run.models import TinySpec, load_model
 
 CUDA = torch.cuda.is_available()
 

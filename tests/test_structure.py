@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from loraprune.budget import params_removed, ratio_for_param_fraction
-from loraprune.structure import (
+from loraprune.core.budget import params_removed, ratio_for_param_fraction
+from loraprune.core.structure import (
     Geometry,
     attention_kind,
     default_excluded_layers,

@@ -5,12 +5,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from loraprune import load_pruned, save_pruned
+from loraprune.core.masks import select_global, select_lowest
+from loraprune.core.schedule import build_schedule
+from loraprune.core.structure import ALL_PROJECTIONS, Geometry
+from loraprune.core.surgery import apply_plan, count_parameters, merge_lora
 from loraprune.criteria import build_criterion
-from loraprune.masks import select_global, select_lowest
-from loraprune.pruner import IterativePruner, PrunerSettings
-from loraprune.schedule import build_schedule
-from loraprune.structure import ALL_PROJECTIONS, Geometry
-from loraprune.surgery import apply_plan, count_parameters, merge_lora
+from loraprune.pruners.structured import IterativePruner, PrunerSettings
 
 
 def _lora(model, seed=1):
@@ -65,7 +65,7 @@ def test_masked_equals_physically_pruned(tiny, tokens, unit):
 
 
 def test_query_head_keeps_equal_heads_per_kv_group(tokens):
-    from loraprune.models import TinySpec, load_model
+    from loraprune.run.models import TinySpec, load_model
 
     model, _ = load_model("tiny", tiny=TinySpec(num_heads=8, num_kv_heads=2), dtype="float32", device="cpu")
     _, pruner, _ = _pruned(model, tokens, "query_head", ratio=0.5)
@@ -116,7 +116,7 @@ def test_pruned_groups_stay_pruned():
 def test_uniformly_pruned_model_loads_with_plain_from_pretrained(tokens, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from loraprune.models import TinySpec, load_model
+    from loraprune.run.models import TinySpec, load_model
 
     model, tok = load_model("tiny", tiny=TinySpec(num_heads=8, num_kv_heads=2), dtype="float32", device="cpu")
     geo = Geometry.from_config(model.config)

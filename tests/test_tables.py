@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import CONF, compose
 
-from loraprune import tables
-from loraprune.plots import plot_kept_widths, plot_ppl_vs_ratio, write_plots
-from loraprune.tables import (
+from loraprune.report import tables
+from loraprune.report.plots import plot_kept_widths, plot_ppl_vs_ratio, write_plots
+from loraprune.report.tables import (
     TASKS,
     build_tables,
     collect_rows,
@@ -61,7 +61,7 @@ def fake_metrics(
     cuda_gib: float | None = None,
     layers: int = 4,
 ) -> dict:
-    """A metrics.json as loraprune.pipeline writes it (the keys the tables read, and then some)."""
+    """A metrics.json as loraprune.run.pipeline writes it (the keys the tables read, and then some)."""
     kept_heads = round(8 * (1 - ratio))
     metrics = {
         "run": {"dir": str(run_dir), "model": model, "method": method, "criterion": method, "ratio": ratio},
@@ -372,7 +372,7 @@ def _sweep_params(experiment: str) -> dict[str, list[str]]:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from loraprune.config import register_configs
+    from loraprune.run.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -383,8 +383,8 @@ def _sweep_params(experiment: str) -> dict[str, list[str]]:
 
 
 def test_embedded_grid_composes_and_every_grid_point_validates():
-    from loraprune.pipeline import to_config
-    from loraprune.validation import validate
+    from loraprune.run.pipeline import to_config
+    from loraprune.run.resolve import validate
 
     cfg = compose("experiment=embedded_grid")
     assert cfg.model.name == "smollm2_135m" and cfg.model.source == "embedded"
@@ -425,7 +425,7 @@ def test_paper_preset_carries_the_papers_setting():
 
 
 def test_eval_groups_compose():
-    from loraprune.pipeline import to_config
+    from loraprune.run.pipeline import to_config
 
     zs = to_config(compose("eval=zeroshot")).eval
     assert zs.ppl_sets == [] and zs.zeroshot.enabled and zs.zeroshot.limit is None

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import CONF, run_cli
 
-from loraprune.loggers import hydra_sweep_group
+from loraprune.run.loggers import hydra_sweep_group
 
 pytest.importorskip("wandb")
 
@@ -168,7 +168,7 @@ def test_sweep_group_is_none_outside_a_multirun(tmp_path):
     from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from loraprune.config import register_configs
+    from loraprune.run.config import register_configs
 
     assert hydra_sweep_group() is None  # not inside a Hydra app
     register_configs()

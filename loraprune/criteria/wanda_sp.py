@@ -3,7 +3,7 @@
 References read: ``lib/prune.py`` (``prune_wanda_sp``) and ``lib/layerwrapper.py`` (``WrappedGPT``) of
 CASIA-IVA-Lab/FLAP, and ``lib/prune.py`` of locuslab/wanda (the unstructured metric). ``‖X_j‖`` is the L2
 norm of input feature ``j`` of the projection over the calibration tokens (FLAP's ``sqrt(scaler_row)``,
-collected with forward hooks; see :func:`loraprune.calibration.input_square_norms`).
+collected with forward hooks; see :func:`loraprune.run.calibration.input_square_norms`).
 
 Wanda-sp scores only the projections whose *input columns* a group removes: an attention head is
 ``Σ_{j ∈ head} mean_i |W^o_ij|·‖X^o_j‖`` over ``o_proj`` and an MLP channel ``mean_i |W^down_ij|·‖X^down_j‖``.
@@ -40,7 +40,7 @@ class WandaSPCriterion:
         self.input_sq_norms: dict[nn.Module, torch.Tensor] = {}
 
     def calibrate(self, model: nn.Module, modules: list[nn.Module], batches: list[dict]) -> None:
-        from loraprune.calibration import input_square_norms
+        from loraprune.run.calibration import input_square_norms
 
         self.input_sq_norms = input_square_norms(model, modules, batches)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from loraprune.structure import GroupKind, Slice, projection
+from loraprune.core.structure import GroupKind, Slice, projection
 
 MASKED_INPUT = {"attn": "o_proj", "mlp": "down_proj"}
 

@@ -50,7 +50,7 @@ def mask_lora_update(module: nn.Module, keep: torch.Tensor) -> None:
 
     ``keep`` (bool, the weight's shape) is held by reference: changing it in place changes the layer.
     The pretrained weight itself is not touched (zero it where ``keep`` is False; see
-    :mod:`loraprune.semistructured`).
+    :mod:`loraprune.core.nm`).
     """
     t = lora_tensors(module)
     if t.lora_a is None:

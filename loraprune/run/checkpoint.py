@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from loraprune.plan import PruningPlan
-from loraprune.surgery import apply_plan
+from loraprune.core.plan import PruningPlan
+from loraprune.core.surgery import apply_plan
 
 log = logging.getLogger(__name__)
 

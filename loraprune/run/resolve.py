@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from loraprune import data
-from loraprune.calibration import has_own_calibration
-from loraprune.config import ALL_PROJECTIONS, LoraPruneConfig
+from loraprune.core.structure import Geometry, default_excluded_layers
 from loraprune.criteria import CRITERIA, criterion_options
-from loraprune.models import model_location, resolve_device, resolve_dtype
-from loraprune.structure import Geometry, default_excluded_layers
+from loraprune.run.calibration import has_own_calibration
+from loraprune.run.config import ALL_PROJECTIONS, LoraPruneConfig
+from loraprune.run.models import model_location, resolve_device, resolve_dtype
 
 SCHEDULES = ("cubic", "linear", "one_shot")
 # method.options keys read by the pipeline itself (criteria add their own constructor arguments)
@@ -66,7 +66,7 @@ def validate(cfg: LoraPruneConfig) -> None:
             f"criterion {m.criterion!r} prunes one-shot at step 0 only: set method.kind=one_shot",
         )
     if p.pattern is not None:
-        from loraprune.semistructured import parse_pattern
+        from loraprune.core.nm import parse_pattern
 
         try:
             parse_pattern(p.pattern)

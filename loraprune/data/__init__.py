@@ -6,7 +6,7 @@ Sources are named by a string:
   ``wikitext-2-raw-v1``, test, field ``text``) and ``ptb`` (``ptb-text-only/ptb_text_only``, validation,
   field ``sentence``) for evaluation; ``lamini`` (``MBZUAI/LaMini-instruction``) and ``alpaca``
   (``yahma/alpaca-cleaned``) for instruction fine-tuning;
-* offline stand-ins built from text shipped in ``gensim`` (see :mod:`loraprune.embedded_corpora`):
+* offline stand-ins built from text shipped in ``gensim`` (see :mod:`loraprune.data.embedded_corpora`):
   ``wiki_embedded`` (Wikipedia articles) and ``news_embedded`` (news documents); evaluation uses only
   their test side, fine-tuning only their fine-tune side;
 * a local file: ``.txt`` (whole file), ``.jsonl`` / ``.json`` / ``.parquet`` (records, read with
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from loraprune.embedded_corpora import embedded_news_split, embedded_wiki_split
+from loraprune.data.embedded_corpora import embedded_news_split, embedded_wiki_split
 
 logger = logging.getLogger(__name__)
 

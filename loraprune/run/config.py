@@ -12,7 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from loraprune.evaluation.tasks import PAPER_TASKS
-from loraprune.models import TinySpec
+from loraprune.run.models import TinySpec
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

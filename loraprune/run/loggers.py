@@ -75,7 +75,7 @@ class WandbLogger:
     Logged: the resolved config (``log_config``), ``train/loss``, ``train/lr``, ``train/ratio`` per step,
     the per-layer ``kept_per_layer`` table, every final metric in the summary (``pruned/ppl/<set>``,
     ``pruned/zeroshot/average_acc``, ``params/...``, ``memory/...``), and a one-row ``results`` table in
-    the paper's layout (:func:`loraprune.tables.flat_result`).
+    the paper's layout (:func:`loraprune.report.tables.flat_result`).
     """
 
     def __init__(
@@ -116,7 +116,7 @@ class WandbLogger:
         flat = _flatten({k: v for k, v in metrics.items() if k != "kept_per_layer"})
         self.run.summary.update(flat)
         try:
-            from loraprune.tables import flat_result
+            from loraprune.report.tables import flat_result
 
             row = flat_result(metrics)
         except (KeyError, TypeError, ValueError) as err:  # partial metrics: the summary above still holds

@@ -7,8 +7,8 @@ import logging
 import torch
 from torch import nn
 
+from loraprune.core.structure import GroupKind, projection
 from loraprune.criteria.base import Criterion
-from loraprune.structure import GroupKind, projection
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from loraprune.core.importance import MovingAverage, unit_scores
+from loraprune.core.masks import UnitMasks, select_global, select_lowest
+from loraprune.core.plan import PruningPlan
+from loraprune.core.structure import AttentionUnit, Geometry, decoder_layers, group_kinds, removable_counts
 from loraprune.criteria.base import Criterion
-from loraprune.importance import MovingAverage, unit_scores
-from loraprune.masks import UnitMasks, select_global, select_lowest
-from loraprune.plan import PruningPlan
-from loraprune.structure import AttentionUnit, Geometry, decoder_layers, group_kinds, removable_counts
 
 log = logging.getLogger(__name__)
 

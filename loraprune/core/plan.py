@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from loraprune.structure import AttentionUnit, Geometry
+from loraprune.core.structure import AttentionUnit, Geometry
 
 
 @dataclass

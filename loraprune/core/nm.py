@@ -10,7 +10,7 @@ Two ways to choose the pattern:
   projection to the pattern along the schedule (``prune.schedule``/``warmup``/``cooldown``/``prune_freq``).
 
 The pretrained weights are zeroed at the dropped positions and LoRA's update is masked too
-(:mod:`loraprune.masked_lora`), so what is trained is ``(W + s·B·A) ⊙ M``; merging *through the mask*
+(:mod:`loraprune.core.masked_lora`), so what is trained is ``(W + s·B·A) ⊙ M``; merging *through the mask*
 gives exactly that model, and it keeps the pattern exactly.
 
 Projections: all seven of every prunable layer (``prune.exclude_*`` / ``method.options.layer_range``;
@@ -27,7 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from loraprune.calibration import (
+from loraprune.core.masked_lora import mask_lora_update, unmask_lora_update
+from loraprune.core.structure import ALL_PROJECTIONS, decoder_layers, projection
+from loraprune.core.surgery import merge_lora
+from loraprune.criteria.base import lora_tensors
+from loraprune.run.calibration import (
     accumulate_gradients,
     calibration_batches,
     has_own_calibration,
@@ -35,10 +39,6 @@ from loraprune.calibration import (
     pretrained_weight,
     set_module_weight_grads,
 )
-from loraprune.criteria.base import lora_tensors
-from loraprune.masked_lora import mask_lora_update, unmask_lora_update
-from loraprune.structure import ALL_PROJECTIONS, decoder_layers, projection
-from loraprune.surgery import merge_lora
 
 log = logging.getLogger(__name__)
 

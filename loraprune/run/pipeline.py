@@ -13,23 +13,25 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from loraprune import data, semistructured, sparse_speed
-from loraprune.budget import ratio_for_param_fraction
-from loraprune.calibration import end_one_shot, prepare_importance
-from loraprune.checkpoint import save_pruned, write_json, write_text
-from loraprune.config import LoraPruneConfig
+from loraprune import data
+from loraprune.core import nm as semistructured
+from loraprune.core.budget import ratio_for_param_fraction
+from loraprune.core.plan import PruningPlan
+from loraprune.core.schedule import build_schedule
+from loraprune.core.structure import Geometry, decoder_layers, projection, removable_counts
+from loraprune.core.surgery import apply_plan, count_parameters, decoder_parameters, merge_lora
 from loraprune.criteria import build_criterion
+from loraprune.evaluation import sparse_speed
 from loraprune.evaluation.ppl import perplexity, tokenize_stream
-from loraprune.loggers import build_logger
-from loraprune.memory import PeakMemory
-from loraprune.models import load_config, load_model
-from loraprune.plan import PruningPlan
-from loraprune.pruner import IterativePruner, PrunerSettings
-from loraprune.schedule import build_schedule
-from loraprune.structure import Geometry, decoder_layers, projection, removable_counts
-from loraprune.surgery import apply_plan, count_parameters, decoder_parameters, merge_lora
-from loraprune.train import StepHooks, TrainSettings, finetune, steps_for
-from loraprune.validation import ConfigError, effective_schedule, excluded_layers, validate
+from loraprune.pruners.structured import IterativePruner, PrunerSettings
+from loraprune.run.calibration import end_one_shot, prepare_importance
+from loraprune.run.checkpoint import save_pruned, write_json, write_text
+from loraprune.run.config import LoraPruneConfig
+from loraprune.run.loggers import build_logger
+from loraprune.run.memory import PeakMemory
+from loraprune.run.models import load_config, load_model
+from loraprune.run.resolve import ConfigError, effective_schedule, excluded_layers, validate
+from loraprune.run.train import StepHooks, TrainSettings, finetune, steps_for
 
 log = logging.getLogger("loraprune")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loraprune.structure import AttentionUnit, Geometry, removable_counts
+from loraprune.core.structure import AttentionUnit, Geometry, removable_counts
 
 
 def params_per_unit(

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from loraprune import data
-from loraprune.structure import decoder_layers, projection
+from loraprune.core.structure import decoder_layers, projection
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from loraprune.plan import PruningPlan, head_channels
-from loraprune.structure import decoder_layers
+from loraprune.core.plan import PruningPlan, head_channels
+from loraprune.core.structure import decoder_layers
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

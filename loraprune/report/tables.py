@@ -663,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.latex.write_text(to_latex(tables), encoding="utf-8")
         print(f"wrote {args.latex}", file=sys.stderr)
     if args.plots:
-        from loraprune.plots import write_plots
+        from loraprune.report.plots import write_plots
 
         for path in write_plots(rows, args.plots, reference=args.reference != "none"):
             print(f"wrote {path}", file=sys.stderr)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loraprune.structure import decoder_layers, projection
+from loraprune.core.structure import decoder_layers, projection
 
 SPARSE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -1,0 +1,1 @@
+"""Pruners: one interface for structured and N:M, iterative and one-shot pruning."""

@@ -1,0 +1,1 @@
+"""Reports: rows from run directories, Markdown/LaTeX tables, plots, the table CLI."""

@@ -1,0 +1,1 @@
+"""The run layer: config schemas, resolve, the pipeline (the recipe), training, checkpoints, loggers."""
