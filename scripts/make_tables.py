@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Paper-style tables (and plots) from a multirun directory; see :mod:`loraprune.report.tables`.
+"""Paper-style tables (and plots) from a multirun directory; see :mod:`loraprune.report.cli`.
 
 python scripts/make_tables.py outputs/multirun/<date>/<time> [--out docs/results.md]
     [--latex docs/results.tex] [--plots docs/plots] [--reference auto|separate|none]
 """
 
-from loraprune.report.tables import main
+from loraprune.report.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -8,19 +8,15 @@ from pathlib import Path
 import pytest
 from conftest import CONF, compose
 
-from loraprune.report import tables
+from loraprune.report.cli import main
+from loraprune.report.latex import to_latex
+from loraprune.report.layout import build_tables
+from loraprune.report.markdown import to_markdown
 from loraprune.report.plots import plot_kept_widths, plot_ppl_vs_ratio, write_plots
-from loraprune.report.tables import (
-    TASKS,
-    build_tables,
-    collect_rows,
-    flat_result,
-    load_reference,
-    main,
-    reference_rows,
-    to_latex,
-    to_markdown,
-)
+from loraprune.report.reference import load_reference, reference_rows
+from loraprune.report.rows import collect_rows
+from loraprune.run import results
+from loraprune.run.results import TASKS, flat_result
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EMBEDDED_SETS = ("wiki_embedded", "news_embedded")
@@ -363,8 +359,8 @@ def test_reference_numbers_ship_with_sources_and_match_the_abstract():
 def test_task_order_matches_the_zeroshot_module():
     from loraprune.evaluation.zeroshot import PAPER_TASKS
 
-    assert tables.TASKS == PAPER_TASKS
-    assert set(tables.TASK_LABELS) == set(PAPER_TASKS)
+    assert results.TASKS == PAPER_TASKS
+    assert set(results.TASK_LABELS) == set(PAPER_TASKS)
 
 
 # -------------------------------------------------------------------------------------- presets

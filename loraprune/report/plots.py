@@ -1,7 +1,7 @@
 """PNG plots of a set of runs: perplexity against pruning ratio, and the kept width of every layer.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global backend switch), so this works
-headless and inside other programs. Rows come from :func:`loraprune.report.tables.collect_rows`.
+headless and inside other programs. Rows come from :func:`loraprune.report.rows.collect_rows`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from loraprune.report.tables import PPL_LABELS, Row, reference_rows, sort_rows
+from loraprune.report.reference import reference_rows
+from loraprune.report.rows import Row, sort_rows
+from loraprune.run.results import PPL_LABELS
 
 DPI = 120
 

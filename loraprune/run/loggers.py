@@ -116,7 +116,7 @@ class WandbLogger:
         flat = _flatten({k: v for k, v in metrics.items() if k != "kept_per_layer"})
         self.run.summary.update(flat)
         try:
-            from loraprune.report.tables import flat_result
+            from loraprune.run.results import flat_result
 
             row = flat_result(metrics)
         except (KeyError, TypeError, ValueError) as err:  # partial metrics: the summary above still holds
