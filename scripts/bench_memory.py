@@ -22,11 +22,11 @@ def measure(criterion: str, model_source: str, batch: int, seq: int) -> dict:
     import psutil
     import torch
 
+    from loraprune.core.lora import set_module_weight_grads
     from loraprune.core.schedule import build_schedule
     from loraprune.core.structure import Geometry, default_excluded_layers
     from loraprune.criteria import build_criterion
-    from loraprune.pruners.structured import IterativePruner, PrunerSettings
-    from loraprune.run.calibration import enable_weight_grads
+    from loraprune.pruners import GroupPruner, PrunerSettings
     from loraprune.run.config import LoraPruneConfig
     from loraprune.run.memory import PeakMemory
     from loraprune.run.models import load_model
@@ -43,14 +43,14 @@ def measure(criterion: str, model_source: str, batch: int, seq: int) -> dict:
     base_rss = psutil.Process().memory_info().rss
     base_cuda = torch.cuda.memory_allocated() if device == "cuda" else 0
     with PeakMemory(interval=0.01) as mem:
-        peft_model = add_lora(model, cfg)
+        peft_model = add_lora(model, cfg.lora)
         excluded = default_excluded_layers(geo.num_layers)
         settings = PrunerSettings(ratio=0.2, excluded_layers=excluded)
-        pruner = IterativePruner(
+        pruner = GroupPruner(
             peft_model, geo, build_criterion(criterion), settings, build_schedule("cubic", 0.2, 10)
         )
-        if pruner.criterion.needs_weight_grads:
-            enable_weight_grads(peft_model, pruner.prunable, pruner.kinds)
+        if pruner.criterion.needs.weight_grads:
+            set_module_weight_grads(pruner.scored_modules(), True)
         params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
         opt = torch.optim.AdamW(params, lr=1e-4)
         peft_model.train()

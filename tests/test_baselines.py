@@ -11,7 +11,7 @@ from conftest import compose
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from loraprune.core.importance import module_channel_scores, unit_scores
+from loraprune.core.importance import unit_scores
 from loraprune.core.schedule import OneShotSchedule
 from loraprune.core.structure import (
     ALL_PROJECTIONS,
@@ -22,15 +22,9 @@ from loraprune.core.structure import (
     removable_counts,
 )
 from loraprune.core.surgery import apply_plan, merge_lora
-from loraprune.criteria import build_criterion
-from loraprune.pruners.structured import IterativePruner, PrunerSettings
-from loraprune.run.calibration import (
-    calibration_batches,
-    end_one_shot,
-    input_square_norms,
-    prepare_importance,
-    weight_gradients,
-)
+from loraprune.criteria import Criterion, build_criterion
+from loraprune.criteria.statistics import input_square_norms, weight_gradients
+from loraprune.pruners import CalibrationData, GroupPruner, NMPruner, PrunerSettings
 from loraprune.run.models import TinySpec, load_model
 
 ONE_SHOT_METHODS = ("llm_pruner", "l1", "l2", "random", "wanda_sp")
@@ -60,7 +54,7 @@ def _columns(name: str, **options) -> torch.Tensor:
     lin = _toy_linear()
     if name == "llm_pruner":
         crit.fisher = {lin.weight: F}
-    return module_channel_scores(crit, lin, dim=1), module_channel_scores(crit, lin, dim=0), crit, lin
+    return crit.channel_scores(lin, 1), crit.channel_scores(lin, 0), crit, lin
 
 
 def test_llm_pruner_element1_by_hand():
@@ -109,12 +103,12 @@ def test_wanda_sp_by_hand():
     lin = _toy_linear()
     crit.input_sq_norms = {lin: torch.tensor([4.0, 1.0, 9.0])}  # ‖X_j‖ = 2, 1, 3
     # column j: ‖X_j‖·Σ_i |W_ij| = 2·5, 1·5, 3·4; rows are not scored (FLAP scores o/down columns only)
-    assert torch.allclose(module_channel_scores(crit, lin, 1), torch.tensor([10.0, 5.0, 12.0]))
-    assert module_channel_scores(crit, lin, 0) is None
+    assert torch.allclose(crit.channel_scores(lin, 1), torch.tensor([10.0, 5.0, 12.0]))
+    assert crit.channel_scores(lin, 0) is None
     crit_all = build_criterion("wanda_sp", {"slices": "all"})
     crit_all.input_sq_norms = crit.input_sq_norms
     # row i: Σ_j |W_ij|·‖X_j‖ = 1·2+2·1+0, 3·2+1·1+1·3, 0+2·1+2·3, 1·2+0+1·3
-    assert torch.allclose(module_channel_scores(crit_all, lin, 0), torch.tensor([4.0, 10.0, 8.0, 5.0]))
+    assert torch.allclose(crit_all.channel_scores(lin, 0), torch.tensor([4.0, 10.0, 8.0, 5.0]))
 
 
 def test_random_is_seeded():
@@ -174,7 +168,7 @@ def _tiny(case: str = "mha"):
 
 def test_weight_gradients_match_one_batch_and_per_sample_fisher():
     model, tok = _tiny()
-    batches = calibration_batches(_samples(4), 4, 12, tok.pad_token_id, "cpu")
+    batches = CalibrationData(_samples(4), tok.pad_token_id).batches(4, 12)
     weights = [projection(decoder_layers(model)[1], n).weight for n in ("q_proj", "down_proj")]
     fisher = weight_gradients(model, weights, batches, fisher=True)
     got = [w.grad.clone() for w in weights]
@@ -197,7 +191,7 @@ def test_weight_gradients_match_one_batch_and_per_sample_fisher():
 
 def test_input_square_norms_match_manual_hook():
     model, tok = _tiny()
-    batches = calibration_batches(_samples(3), 3, None, tok.pad_token_id, "cpu")
+    batches = CalibrationData(_samples(3), tok.pad_token_id).batches(3, None)
     down = decoder_layers(model)[2].mlp.down_proj
     seen = []
     h = down.register_forward_hook(
@@ -243,14 +237,15 @@ def test_one_shot_hits_ratio_exactly_and_masked_equals_pruned(case, name, option
     pm = _lora(model)
     criterion = build_criterion(name, options)
     settings = PrunerSettings(
-        ratio=ratio, attention_unit=unit, excluded_layers=[0], ema_beta=0.0, normalize=False
+        ratio=ratio,
+        attention_unit=unit,
+        excluded_layers=[0],
+        ema_beta=0.0,
+        normalize=False,
+        calibration_samples=4,
     )
-    pruner = IterativePruner(pm, geo, criterion, settings, OneShotSchedule(ratio))
-    prepare_importance(
-        criterion, pm, pruner, _samples(), {"calibration_samples": 4}, 1, tok.pad_token_id, True
-    )
-    pruner.prune_to(ratio)
-    end_one_shot(criterion, pm, pruner)
+    pruner = GroupPruner(pm, geo, criterion, settings, OneShotSchedule(ratio))
+    pruner.prepare(CalibrationData(_samples(), tok.pad_token_id))  # one-shot: prunes and releases
 
     counts = removable_counts(geo, unit, ratio)
     assert counts["mlp"] == geo.intermediate_size * ratio  # the requested ratio, exactly
@@ -332,7 +327,7 @@ def test_llm_pruner_gqa_query_heads_and_layer_range(tmp_path, corpus):
         "method.options.taylor=mix",
         "prune.attention_unit=query_head",
         "prune.ratio=0.5",
-        "method.options.layer_range=[1,-1]",
+        "prune.layer_range=[1,-1]",
         steps=0,
     )
     kept = metrics["kept_per_layer"]
@@ -361,11 +356,11 @@ def test_config_errors(tmp_path, corpus):
         validate(
             to_config(
                 compose(
-                    *base, "method=llm_pruner", "method.options.layer_range=[1,3]", "prune.exclude_layers=[0]"
+                    *base, "method=llm_pruner", "prune.layer_range=[1,3]", "prune.exclude_layers=[0]"
                 )
             )
         )
-    cfg = to_config(compose(*base, "method=llm_pruner", "method.options.layer_range=[1,3]"))
+    cfg = to_config(compose(*base, "method=llm_pruner", "prune.layer_range=[1,3]"))
     validate(cfg)
     assert excluded_layers(cfg, Geometry(4, 64, 4, 4, 16, 128)) == [0, 3]
     with pytest.raises(ValueError, match="taylor"):
@@ -375,23 +370,21 @@ def test_config_errors(tmp_path, corpus):
 def test_grad_criterion_weight_grads_only_while_scoring():
     """method=grad needs ∂L/∂W while it scores; once the final ratio is reached they are switched off."""
     from loraprune.core.schedule import build_schedule
-    from loraprune.run.pipeline import PruningHooks
-    from loraprune.run.train import TrainSettings, finetune
+    from loraprune.run.config import TrainerConfig
+    from loraprune.run.train import PruningHooks, finetune
 
     model, tok = _tiny()
     geo = Geometry.from_config(model.config)
     pm = _lora(model)
     criterion = build_criterion("grad")
     settings = PrunerSettings(ratio=0.5, prune_freq=1, excluded_layers=[0])
-    pruner = IterativePruner(pm, geo, criterion, settings, build_schedule("cubic", 0.5, 3))
-    prepare_importance(criterion, pm, pruner, _samples(), {}, 1, tok.pad_token_id, one_shot_now=False)
+    pruner = GroupPruner(pm, geo, criterion, settings, build_schedule("cubic", 0.5, 3))
+    pruner.prepare(CalibrationData(_samples(), tok.pad_token_id))
     base = [n for n, p in pm.named_parameters() if p.requires_grad and "lora_" not in n]
     assert base and all("layers.0." not in n and "embed" not in n and "norm" not in n for n in base)
-    hooks = PruningHooks(pruner, 4, on_done=lambda: end_one_shot(criterion, pm, pruner))
-    finetune(
-        pm, _samples(), TrainSettings(steps=4, batch_size=1, micro_batch_size=1), tok.pad_token_id, hooks
-    )
-    assert hooks.notified and pruner.current_ratio == 0.5
+    hooks = PruningHooks(pruner, 4)
+    finetune(pm, _samples(), TrainerConfig(batch_size=1, micro_batch_size=1), 4, tok.pad_token_id, hooks)
+    assert pruner.released and pruner.removed_fraction == 0.5
     assert not any(p.requires_grad for n, p in pm.named_parameters() if "lora_" not in n)
 
 
@@ -411,7 +404,8 @@ def test_nm_keep_mask_by_hand():
 
 
 def test_obs_with_identity_hessian_is_magnitude_pruning_and_beats_it_otherwise():
-    from loraprune.core.nm import is_nm_sparse, nm_keep_mask, obs_prune_nm
+    from loraprune.core.nm import is_nm_sparse, nm_keep_mask
+    from loraprune.criteria.sparsegpt import obs_prune_nm
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(6, 16, generator=g)
@@ -428,17 +422,25 @@ def test_obs_with_identity_hessian_is_magnitude_pruning_and_beats_it_otherwise()
     assert err(new) < err(w * nm_keep_mask(w.abs(), 2, 4))
 
 
+def _nm_one_shot(criterion, pm, tok) -> dict:
+    """2:4 on layers 1 and 2 at step 0 (calibrated on 4 samples); the pruner's keep masks."""
+    geo = Geometry.from_config(pm.config)
+    excluded = [i for i in range(geo.num_layers) if i not in (1, 2)]
+    settings = PrunerSettings(pattern="2:4", excluded_layers=excluded, calibration_samples=4)
+    pruner = NMPruner(pm, geo, criterion, settings, OneShotSchedule(1.0))
+    pruner.prepare(CalibrationData(_samples(), tok.pad_token_id))
+    return pruner.finalize().nm_masks
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("name", ["magnitude", "wanda", "sparsegpt", "loraprune"])
 def test_two_four_survives_lora_merge(case, name):
-    from loraprune.core.nm import is_nm_sparse, merge_through_masks, prune_one_shot
+    from loraprune.core.nm import is_nm_sparse, merge_through_masks
 
     model, tok = _tiny(case)
     pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(ALL_PROJECTIONS)))
     criterion = build_criterion(name, {"blocksize": 16} if name == "sparsegpt" else {})
-    masks = prune_one_shot(
-        criterion, pm, [1, 2], "2:4", _samples(), {"calibration_samples": 4}, tok.pad_token_id
-    )
+    masks = _nm_one_shot(criterion, pm, tok)
     assert len(masks) == 2 * len(ALL_PROJECTIONS)
     assert all(p.grad is None for p in pm.parameters())
     ids = torch.randint(3, 259, (2, 20), generator=torch.Generator().manual_seed(5))
@@ -461,9 +463,7 @@ def test_two_four_survives_lora_merge(case, name):
         pm2 = get_peft_model(
             _tiny(case)[0], LoraConfig(r=4, lora_alpha=8, target_modules=list(ALL_PROJECTIONS))
         )
-        masks2 = prune_one_shot(
-            criterion, pm2, [1, 2], "2:4", _samples(), {"calibration_samples": 4}, tok.pad_token_id
-        )
+        masks2 = _nm_one_shot(criterion, pm2, tok)
         with torch.no_grad():
             after = merge_through_masks(pm2, masks2)(input_ids=ids).logits
         assert torch.allclose(before, after, atol=1e-5)
@@ -483,7 +483,7 @@ def test_two_four_survives_lora_merge(case, name):
 def test_two_four_end_to_end(tmp_path, corpus, name, extra, schedule):
     extras = [extra] if extra else []
     metrics = _run(
-        tmp_path, corpus, f"method={name}", "prune.pattern=2:4", "prune.exclude_layers=[]", *extras, steps=4
+        tmp_path, corpus, f"method={name}", "prune=nm", "prune.exclude_layers=[]", *extras, steps=4
     )
     report = metrics["semistructured"]
     assert report["exact"] and report["projections"] == 4 * 7 and abs(report["sparsity"] - 0.5) < 1e-3
@@ -556,13 +556,13 @@ def test_masked_lora_training_merges_exactly(case):
     assert all(is_nm_sparse(projection(merged.model.layers[i], n).weight, 2, 4) for i, n in masks)
 
 
-class _FixedScores:
+class _FixedScores(Criterion):
     """A criterion with set element scores per projection (the hand-computed case)."""
 
     name = "fixed"
-    needs_weight_grads = False
 
     def __init__(self, scores: dict[int, torch.Tensor]) -> None:
+        super().__init__()
         self.scores = scores
 
     def element_scores(self, module: nn.Module) -> torch.Tensor:
@@ -570,7 +570,7 @@ class _FixedScores:
 
 
 def test_iterative_two_four_switches_cheapest_rows_first():
-    from loraprune.core.nm import IterativeNMPruner, is_nm_sparse, nm_keep_mask, targets
+    from loraprune.core.nm import is_nm_sparse, nm_keep_mask, targets
     from loraprune.core.schedule import build_schedule
 
     model, _ = _tiny()
@@ -578,12 +578,15 @@ def test_iterative_two_four_switches_cheapest_rows_first():
     g = torch.Generator().manual_seed(0)
     scores = {id(m): torch.rand(m.base_layer.weight.shape, generator=g) for _, _, m in targets(pm, [1])}
     schedule = build_schedule("linear", 1.0, 4)
-    pruner = IterativeNMPruner(pm, [1], "2:4", _FixedScores(scores), schedule, prune_freq=1, ema_beta=0.5)
+    geo = Geometry.from_config(model.config)
+    excluded = [i for i in range(geo.num_layers) if i != 1]
+    settings = PrunerSettings(pattern="2:4", excluded_layers=excluded, prune_freq=1, ema_beta=0.5)
+    pruner = NMPruner(pm, geo, _FixedScores(scores), settings, schedule)
     pruner.observe()  # EMA from zero: ½·S (the ranking is S's)
     pruner.observe()  # ¾·S
     i, name, module = next(t for t in pruner.chosen if t[1] == "gate_proj")
     s = scores[id(module)]
-    assert torch.allclose(pruner.ema[(i, name)], 0.75 * s)
+    assert torch.allclose(pruner.ema.get((i, name)), 0.75 * s)
     before = module.base_layer.weight.detach().clone()
     assert pruner.step(2) == pytest.approx(0.25)  # linear: half of the rows at step 2 of 4
     # by hand: a row's cost is what its best 2:4 choice drops; the cheapest half switches
@@ -597,7 +600,7 @@ def test_iterative_two_four_switches_cheapest_rows_first():
     rest = pruner.converted[(i, name)].logical_not()
     assert torch.equal(weight[rest], before[rest]) and bool(pruner.masks[(i, name)][rest].all())
     pruner.step(4, final_step=True)
-    assert pruner.finished and pruner.current_ratio == pytest.approx(0.5)
+    assert pruner.finished and pruner.removed_fraction == pytest.approx(0.5)
     assert all(is_nm_sparse(t[2].base_layer.weight, 2, 4) for t in pruner.chosen)
 
 

@@ -23,7 +23,10 @@ GROUPS = sorted(
 )
 def test_every_config_composes_to_a_typed_config(override):
     cfg = to_config(compose(override))
-    assert 0 <= cfg.prune.ratio < 1
+    if cfg.prune.pattern is None:
+        assert 0 <= cfg.prune.ratio < 1
+    else:  # N:M fixes the sparsity itself
+        assert cfg.prune.ratio is None and cfg.prune.pattern == "2:4"
 
 
 def test_unknown_key_fails():

@@ -4,7 +4,7 @@ from torch import nn
 
 from loraprune.core.importance import MovingAverage, unit_scores
 from loraprune.core.structure import GroupKind, Slice
-from loraprune.criteria import build_criterion, estimated_weight_grad, lora_tensors
+from loraprune.criteria import Criterion, build_criterion, estimated_weight_grad, lora_tensors
 
 
 def test_estimated_gradient_formula_by_hand():
@@ -74,11 +74,11 @@ def test_true_grad_scores():
     )
 
 
-class _ConstCriterion:
+class _ConstCriterion(Criterion):
     name = "const"
-    needs_weight_grads = False
 
     def __init__(self, table):
+        super().__init__()
         self.table = table
 
     def element_scores(self, module):

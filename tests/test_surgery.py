@@ -10,7 +10,7 @@ from loraprune.core.schedule import build_schedule
 from loraprune.core.structure import ALL_PROJECTIONS, Geometry
 from loraprune.core.surgery import apply_plan, count_parameters, merge_lora
 from loraprune.criteria import build_criterion
-from loraprune.pruners.structured import IterativePruner, PrunerSettings
+from loraprune.pruners import GroupPruner, PrunerSettings
 
 
 def _lora(model, seed=1):
@@ -27,7 +27,7 @@ def _pruned(model, tokens, unit="kv_group", ratio=0.5, steps=3):
     geo = Geometry.from_config(model.config)
     pm = _lora(model)
     settings = PrunerSettings(ratio=ratio, attention_unit=unit, prune_freq=1, excluded_layers=[0])
-    pruner = IterativePruner(
+    pruner = GroupPruner(
         pm, geo, build_criterion("loraprune"), settings, build_schedule("cubic", ratio, steps)
     )
     for step in range(1, steps + 1):
@@ -122,10 +122,10 @@ def test_uniformly_pruned_model_loads_with_plain_from_pretrained(tokens, tmp_pat
     geo = Geometry.from_config(model.config)
     pm = _lora(model)
     settings = PrunerSettings(ratio=0.5, attention_unit="query_head", excluded_layers=[])
-    pruner = IterativePruner(
+    pruner = GroupPruner(
         pm, geo, build_criterion("magnitude"), settings, build_schedule("one_shot", 0.5, 1)
     )
-    pruner.prune_to(0.5)
+    pruner.advance_to(0.5)
     plan = pruner.plan()
     pruner.remove_hooks()
     merged = apply_plan(merge_lora(pm), plan)

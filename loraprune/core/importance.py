@@ -3,45 +3,34 @@
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from loraprune.core.structure import GroupKind, projection
-from loraprune.criteria.base import Criterion
 
 log = logging.getLogger(__name__)
 
 
-def channel_scores(element_scores: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sum element scores per output row (``dim=0``) or per input column (``dim=1``)."""
-    return element_scores.sum(dim=1 - dim)
+class ChannelScorer(Protocol):
+    """What group importance needs of a criterion (see :class:`loraprune.criteria.base.Criterion`)."""
 
-
-def module_channel_scores(criterion: Criterion, module: nn.Module, dim: int) -> torch.Tensor | None:
-    """Per-channel scores of one projection along ``dim``.
-
-    The criterion's own ``channel_scores`` when it has one (``None``: it does not score this slice),
-    else its element scores summed per channel.
-    """
-    own = getattr(criterion, "channel_scores", None)
-    if own is not None:
-        return own(module, dim)
-    return channel_scores(criterion.element_scores(module), dim)
+    def channel_scores(self, module: nn.Module, dim: int) -> torch.Tensor | None: ...
 
 
 def unit_scores(
-    layer: nn.Module, kind: GroupKind, criterion: Criterion, normalize: bool = True
+    layer: nn.Module, kind: GroupKind, criterion: ChannelScorer, normalize: bool = True
 ) -> torch.Tensor:
     """One score per unit of ``kind`` in ``layer``.
 
-    Each projection's per-channel scores are L2-normalised (per module, when ``normalize``) and then
-    summed over the group's modules, as in LoRAPrune; ``normalize=False`` is LLM-Pruner's plain sum
-    (``group_reduction="sum"``).
+    Each projection's per-channel scores (``None``: the criterion does not score that slice) are
+    L2-normalised (per module, when ``normalize``) and then summed over the group's modules, as in
+    LoRAPrune; ``normalize=False`` is LLM-Pruner's plain sum (``group_reduction="sum"``).
     """
     total = torch.zeros(kind.num_units, dtype=torch.float32)
     for sl in kind.slices:
-        scores = module_channel_scores(criterion, projection(layer, sl.module), sl.dim)
+        scores = criterion.channel_scores(projection(layer, sl.module), sl.dim)
         if scores is None:
             continue
         scores = scores.detach().float().cpu()
@@ -54,7 +43,8 @@ def unit_scores(
 
 
 class MovingAverage:
-    """Ī ← λĪ + (1−λ)I per key; updates holding NaN/Inf are skipped with a warning.
+    """Ī ← λĪ + (1−λ)I per key, kept in float32 (in place); updates holding NaN/Inf are skipped with a
+    warning. Keys are whatever the pruner scores: (layer, group kind) or (layer, projection).
 
     Args:
         beta: λ, the weight of the history.
@@ -80,8 +70,9 @@ class MovingAverage:
         for key, s in scores.items():
             prev = self.values.get(key)
             if prev is None:
-                prev = s.clone() if self.init == "first" else torch.zeros_like(s)
-            self.values[key] = self.beta * prev + (1.0 - self.beta) * s
+                init = s if self.init == "first" else torch.zeros_like(s)
+                prev = self.values[key] = init.to(torch.float32, copy=True)
+            prev.mul_(self.beta).add_(s.to(prev.dtype), alpha=1.0 - self.beta)
         self.updates += 1
         return True
 
@@ -90,3 +81,7 @@ class MovingAverage:
 
     def __contains__(self, key: tuple[int, str]) -> bool:
         return key in self.values
+
+    def clear(self) -> None:
+        """Forget every average (frees their memory)."""
+        self.values.clear()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from loraprune.criteria.base import lora_tensors
+from loraprune.core.lora import lora_tensors
 
 
 def _masked_update(

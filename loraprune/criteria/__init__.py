@@ -1,58 +1,74 @@
-"""Criteria: one score per weight element of a projection; aggregated per structural group."""
+"""Criteria: one score per weight element (or channel) of a projection, registered by name.
+
+Each criterion is a :class:`~loraprune.criteria.base.Criterion` subclass that states what it needs
+(:class:`~loraprune.criteria.base.Needs`) and the dataclass of its options; ``method.options`` is built
+into that dataclass, so an unknown or mistyped option fails before any model loads.
+"""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
-from loraprune.criteria.base import Criterion, LoraTensors, lora_tensors
-from loraprune.criteria.llm_pruner import LLMPrunerCriterion
+from loraprune.core.lora import LoraTensors, lora_tensors
+from loraprune.criteria.base import Criterion, Needs, NoOptions
+from loraprune.criteria.llm_pruner import LLMPrunerCriterion, LLMPrunerOptions
 from loraprune.criteria.lora_grad import LoraGradCriterion, estimated_weight_grad
 from loraprune.criteria.magnitude import MagnitudeCriterion
-from loraprune.criteria.random_scores import RandomCriterion
-from loraprune.criteria.sparsegpt import SparseGPTCriterion
+from loraprune.criteria.random_scores import RandomCriterion, RandomOptions
+from loraprune.criteria.sparsegpt import SparseGPTCriterion, SparseGPTOptions
 from loraprune.criteria.true_grad import TrueGradCriterion
-from loraprune.criteria.wanda_sp import WandaCriterion, WandaSPCriterion
+from loraprune.criteria.wanda_sp import WandaCriterion, WandaOptions, WandaSPCriterion, WandaSPOptions
 from loraprune.criteria.weight_norm import L1Criterion, L2Criterion
 
-CRITERIA: dict[str, Callable[..., Criterion]] = {
-    "loraprune": LoraGradCriterion,
-    "magnitude": MagnitudeCriterion,
-    "grad": TrueGradCriterion,
-    "llm_pruner": LLMPrunerCriterion,
-    "l1": L1Criterion,
-    "l2": L2Criterion,
-    "random": RandomCriterion,
-    "wanda_sp": WandaSPCriterion,
-    "wanda": WandaCriterion,
-    "sparsegpt": SparseGPTCriterion,
+CRITERIA: dict[str, type[Criterion]] = {
+    c.name: c
+    for c in (
+        LoraGradCriterion,
+        MagnitudeCriterion,
+        TrueGradCriterion,
+        LLMPrunerCriterion,
+        L1Criterion,
+        L2Criterion,
+        RandomCriterion,
+        WandaSPCriterion,
+        WandaCriterion,
+        SparseGPTCriterion,
+    )
 }
 
 
-def register_criterion(name: str, factory: Callable[..., Criterion]) -> None:
-    """Make a criterion selectable by ``name`` (its keyword arguments come from ``method.options``)."""
-    CRITERIA[name] = factory
+def register_criterion(criterion: type[Criterion]) -> None:
+    """Make a :class:`Criterion` subclass selectable as ``method.criterion=<its name>``."""
+    CRITERIA[criterion.name] = criterion
+
+
+def criterion_class(name: str) -> type[Criterion]:
+    """The criterion registered as ``name``."""
+    if name not in CRITERIA:
+        raise ValueError(f"unknown criterion {name!r}; known: {', '.join(sorted(CRITERIA))}")
+    return CRITERIA[name]
 
 
 def criterion_options(name: str) -> set[str]:
-    """The ``method.options`` keys criterion ``name`` takes (its factory's keyword arguments)."""
-    try:
-        params = inspect.signature(CRITERIA[name]).parameters.values()
-    except (TypeError, ValueError):  # builtins without a signature
-        return set()
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {p.name for p in params if p.kind in kinds}
+    """The ``method.options`` keys criterion ``name`` takes."""
+    return {f.name for f in fields(criterion_class(name).options_type)}
+
+
+def build_options(name: str, options: Mapping[str, Any] | None = None) -> Any:
+    """``options`` as criterion ``name``'s options dataclass; unknown keys raise ``ValueError``."""
+    cls = criterion_class(name)
+    unknown = sorted(set(options or {}) - criterion_options(name))
+    if unknown:
+        known = ", ".join(sorted(criterion_options(name))) or "none"
+        raise ValueError(f"unknown method.options {unknown} for criterion {name!r}; known: {known}")
+    return cls.options_type(**dict(options or {}))
 
 
 def build_criterion(name: str, options: Mapping[str, Any] | None = None) -> Criterion:
-    """The criterion registered as ``name``, given the ``options`` its factory takes (others are ignored:
-    ``method.options`` also holds pipeline settings such as ``calibration_samples``)."""
-    if name not in CRITERIA:
-        raise ValueError(f"unknown criterion {name!r}; known: {', '.join(sorted(CRITERIA))}")
-    accepted = criterion_options(name)
-    kwargs = {k: v for k, v in (options or {}).items() if k in accepted}
-    return CRITERIA[name](**kwargs)
+    """The criterion registered as ``name`` with ``options`` (a mapping of its options' fields)."""
+    return criterion_class(name)(build_options(name, options))
 
 
 __all__ = [
@@ -61,15 +77,24 @@ __all__ = [
     "L1Criterion",
     "L2Criterion",
     "LLMPrunerCriterion",
+    "LLMPrunerOptions",
     "LoraGradCriterion",
     "LoraTensors",
     "MagnitudeCriterion",
+    "Needs",
+    "NoOptions",
     "RandomCriterion",
+    "RandomOptions",
     "SparseGPTCriterion",
+    "SparseGPTOptions",
     "TrueGradCriterion",
     "WandaCriterion",
+    "WandaOptions",
     "WandaSPCriterion",
+    "WandaSPOptions",
     "build_criterion",
+    "build_options",
+    "criterion_class",
     "criterion_options",
     "estimated_weight_grad",
     "lora_tensors",

@@ -1,69 +1,85 @@
-"""The criterion interface: element scores of one projection, and LoRA tensor access."""
+"""The criterion interface: what a criterion needs, and its scores of one projection.
+
+A criterion maps a projection to one score per weight element (:meth:`Criterion.element_scores`) or per
+channel (:meth:`Criterion.channel_scores`); :mod:`loraprune.core.importance` sums channel scores over a
+structural group. What it needs to score is stated, not probed, in :attr:`Criterion.needs`; the pruner
+arranges it (LoRA gradients from the training backward, ``∂L/∂W`` of the pretrained weights, or a
+calibration pass through :meth:`Criterion.calibrate`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-
-class Criterion(Protocol):
-    """Maps one projection to a score per weight element (same shape as its weight).
-
-    ``needs_weight_grads`` marks criteria that need ``∂L/∂W`` of the pretrained weights (memory-hungry).
-
-    Optional extensions, used when a criterion defines them:
-
-    * ``channel_scores(module, dim) -> Tensor | None``: one score per output row (``dim=0``) or input
-      column (``dim=1``), for criteria that are not sums of element scores (LLM-Pruner's ``vector``
-      Taylor) or that score only some slices of a group (``None``: the slice adds nothing).
-      :func:`loraprune.core.importance.unit_scores` prefers it to summing ``element_scores``.
-    * ``calibrate(model, modules, batches) -> None`` and ``release() -> None``: criteria that need their
-      own statistics from calibration data (true gradients, input-activation norms) before a one-shot
-      prune at step 0; see :mod:`loraprune.run.calibration`. ``calibration_defaults`` gives their default
-      ``(samples, seq_len)``.
-    """
-
-    name: str
-    needs_weight_grads: bool
-
-    def element_scores(self, module: nn.Module) -> torch.Tensor: ...
+from loraprune.core.nm import nm_keep_mask
 
 
 @dataclass(frozen=True)
-class LoraTensors:
-    """The tensors of a LoRA-wrapped linear layer: W (out×in), A (r×in), B (out×r), scaling s."""
+class Needs:
+    """What a criterion needs before it can score.
 
-    weight: torch.Tensor
-    lora_a: nn.Parameter | None
-    lora_b: nn.Parameter | None
-    scaling: float
+    Attributes:
+        lora_grads: LoRA's gradients ``∂L/∂A``, ``∂L/∂B`` from a backward pass.
+        weight_grads: ``∂L/∂W`` of the pretrained weights (full-size gradients: memory-hungry).
+        calibration: its own statistics from a calibration pass (:meth:`Criterion.calibrate`) before a
+            one-shot prune at step 0 (it then scores without a training backward).
+    """
 
-    def effective_weight(self) -> torch.Tensor:
-        """W + s·B·A (just W without LoRA), detached, in float32."""
-        w = self.weight.detach().float()
-        if self.lora_a is None:
-            return w
-        return w + self.scaling * (self.lora_b.detach().float() @ self.lora_a.detach().float())
+    lora_grads: bool = False
+    weight_grads: bool = False
+    calibration: bool = False
+
+    @property
+    def backward(self) -> bool:
+        """Whether scores come from a training backward (not from the criterion's own statistics)."""
+        return (self.lora_grads or self.weight_grads) and not self.calibration
 
 
-def lora_tensors(module: nn.Module) -> LoraTensors:
-    """Read W, A, B and s of a peft LoRA ``Linear`` (or W of a plain ``nn.Linear``)."""
-    if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
-        active = module.active_adapters
-        if len(active) != 1:
-            raise ValueError(f"expected exactly one active LoRA adapter, got {active}")
-        name = active[0]
-        if name in module.lora_A:
-            return LoraTensors(
-                module.base_layer.weight,
-                module.lora_A[name].weight,
-                module.lora_B[name].weight,
-                float(module.scaling[name]),
-            )
-        return LoraTensors(module.base_layer.weight, None, None, 0.0)
-    if isinstance(module, nn.Linear):
-        return LoraTensors(module.weight, None, None, 0.0)
-    raise TypeError(f"cannot score a {type(module).__name__}; expected nn.Linear or a peft LoRA Linear")
+@dataclass(frozen=True)
+class NoOptions:
+    """A criterion without options."""
+
+
+class Criterion:
+    """Base class: no-op calibration and release, channel scores as sums of element scores.
+
+    Subclasses set :attr:`name`, :attr:`needs` and, when they take options, :attr:`options_type` (a
+    dataclass; ``method.options`` is checked against it before any model loads).
+    """
+
+    name: ClassVar[str] = "criterion"
+    needs: ClassVar[Needs] = Needs()
+    options_type: ClassVar[type] = NoOptions
+    semistructured_only: ClassVar[bool] = False
+    solves_nm: ClassVar[bool] = False  # its N:M choice also updates the kept weights (:meth:`solve_nm`)
+    calibration_samples: ClassVar[int] = 10  # default calibration set: samples ...
+    calibration_seq_len: ClassVar[int | None] = None  # ... of this many tokens (None: as long as they are)
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.options_type()
+
+    def calibrate(self, model: nn.Module, modules: list[nn.Module], batches: list[dict]) -> None:
+        """Collect statistics from calibration ``batches`` for ``modules`` (``needs.calibration``)."""
+
+    def release(self) -> None:
+        """Free what :meth:`calibrate` collected (after the last prune)."""
+
+    def element_scores(self, module: nn.Module) -> torch.Tensor:
+        """One score per weight element of ``module`` (its weight's shape)."""
+        raise NotImplementedError(f"criterion {self.name!r} has no element scores")
+
+    def channel_scores(self, module: nn.Module, dim: int) -> torch.Tensor | None:
+        """One score per output row (``dim=0``) or input column (``dim=1``); ``None``: this slice does not
+        count for the criterion. Default: element scores summed per channel."""
+        return self.element_scores(module).sum(dim=1 - dim)
+
+    def solve_nm(self, module: nn.Module, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(new weight, keep mask)`` keeping ``n`` of every ``m`` inputs per row. Default: the highest
+        element scores, the kept weights unchanged."""
+        keep = nm_keep_mask(self.element_scores(module), n, m)
+        weight = getattr(module, "base_layer", module).weight
+        return weight.detach() * keep.to(weight.device, weight.dtype), keep

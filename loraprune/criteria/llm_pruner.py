@@ -22,10 +22,14 @@ groups). The weight is ``W + s·B·A``, which is the pretrained ``W`` at step 0 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from loraprune.criteria.base import lora_tensors
+from loraprune.core.lora import lora_tensors, pretrained_weight
+from loraprune.criteria.base import Criterion, Needs
+from loraprune.criteria.statistics import weight_gradients
 
 TAYLOR_VARIANTS = ("element1", "element2", "mix", "vector")
 REFERENCE_NAMES = {
@@ -36,15 +40,24 @@ REFERENCE_NAMES = {
 }
 
 
-class LLMPrunerCriterion:
+@dataclass(frozen=True)
+class LLMPrunerOptions:
+    """``taylor``: element1 | element2 | mix | vector (or the reference's names, see the module doc)."""
+
+    taylor: str = "element1"
+
+
+class LLMPrunerCriterion(Criterion):
     """Taylor importance from ``∂L/∂W`` (in ``weight.grad``) and the Fisher diagonal (:attr:`fisher`)."""
 
     name = "llm_pruner"
-    needs_weight_grads = True
-    calibration_defaults = (10, 64)  # LLM-Pruner: 10 samples of 64 tokens
+    needs = Needs(weight_grads=True, calibration=True)
+    options_type = LLMPrunerOptions
+    calibration_samples, calibration_seq_len = 10, 64  # LLM-Pruner: 10 samples of 64 tokens
 
-    def __init__(self, taylor: str = "element1") -> None:
-        taylor = REFERENCE_NAMES.get(taylor, taylor)
+    def __init__(self, options: LLMPrunerOptions | None = None) -> None:
+        super().__init__(options)
+        taylor = REFERENCE_NAMES.get(self.options.taylor, self.options.taylor)
         if taylor not in TAYLOR_VARIANTS:
             raise ValueError(f"unknown taylor variant {taylor!r}; expected {', '.join(TAYLOR_VARIANTS)}")
         self.taylor = taylor
@@ -56,8 +69,6 @@ class LLMPrunerCriterion:
 
     def calibrate(self, model: nn.Module, modules: list[nn.Module], batches: list[dict]) -> None:
         """True gradients (and, for element2/mix, the Fisher diagonal) of the modules' pretrained weights."""
-        from loraprune.run.calibration import pretrained_weight, weight_gradients
-
         weights = [pretrained_weight(m) for m in modules]
         self.fisher = weight_gradients(model, weights, batches, fisher=self.second_order)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from loraprune.criteria.base import lora_tensors
+from loraprune.core.lora import lora_tensors
+from loraprune.criteria.base import Criterion, Needs
 
 
 def estimated_weight_grad(
@@ -15,11 +16,11 @@ def estimated_weight_grad(
     return grad_b @ lora_a + lora_b @ grad_a - grad_b @ grad_a
 
 
-class LoraGradCriterion:
+class LoraGradCriterion(Criterion):
     """S = |G ⊙ (W + s·B·A)| with G estimated from the LoRA gradients; no ∂L/∂W needed."""
 
     name = "loraprune"
-    needs_weight_grads = False
+    needs = Needs(lora_grads=True)
 
     def element_scores(self, module: nn.Module) -> torch.Tensor:
         t = lora_tensors(module)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from loraprune.criteria.base import lora_tensors
+from loraprune.core.lora import lora_tensors
+from loraprune.criteria.base import Criterion
 
 
-class MagnitudeCriterion:
+class MagnitudeCriterion(Criterion):
     """S = |W_eff|: the LoRAPrune pipeline with the gradient term dropped."""
 
     name = "magnitude"
-    needs_weight_grads = False
 
     def element_scores(self, module: nn.Module) -> torch.Tensor:
         return lora_tensors(module).effective_weight().abs()

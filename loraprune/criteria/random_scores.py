@@ -7,20 +7,31 @@ asks for them, from one generator seeded by ``method.options.seed``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from loraprune.criteria.base import lora_tensors
+from loraprune.core.lora import lora_tensors
+from loraprune.criteria.base import Criterion
 
 
-class RandomCriterion:
+@dataclass(frozen=True)
+class RandomOptions:
+    """``seed``: the generator's seed."""
+
+    seed: int = 0
+
+
+class RandomCriterion(Criterion):
     """Uniform random channel scores from a seeded generator."""
 
     name = "random"
-    needs_weight_grads = False
+    options_type = RandomOptions
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = int(seed)
+    def __init__(self, options: RandomOptions | None = None) -> None:
+        super().__init__(options)
+        self.seed = int(self.options.seed)
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def element_scores(self, module: nn.Module) -> torch.Tensor:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from loraprune.criteria.base import lora_tensors
+from loraprune.core.lora import lora_tensors
+from loraprune.criteria.base import Criterion, Needs
 
 
-class TrueGradCriterion:
+class TrueGradCriterion(Criterion):
     """What LoRAPrune approximates; costs a full-size gradient per pruned weight."""
 
     name = "grad"
-    needs_weight_grads = True
+    needs = Needs(weight_grads=True)
 
     def element_scores(self, module: nn.Module) -> torch.Tensor:
         t = lora_tensors(module)

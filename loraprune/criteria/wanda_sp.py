@@ -18,30 +18,49 @@ feeds each layer the already pruned previous layers' outputs). Like FLAP's ``pru
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from loraprune.criteria.base import lora_tensors
+from loraprune.core.lora import lora_tensors
+from loraprune.criteria.base import Criterion, Needs
+from loraprune.criteria.statistics import input_square_norms
 
 SLICE_CHOICES = ("input", "all")
 
 
-class WandaSPCriterion:
+@dataclass(frozen=True)
+class WandaSPOptions:
+    """``slices``: input (o_proj/down_proj columns only, FLAP's definition) | all."""
+
+    slices: str = "input"
+
+
+@dataclass(frozen=True)
+class WandaOptions:
+    """``slices``: all (every slice a group removes) | input."""
+
+    slices: str = "all"
+
+
+class WandaSPCriterion(Criterion):
     """``|W_ij|·‖X_j‖`` element scores; by default only input-column slices (o_proj, down_proj) count."""
 
     name = "wanda_sp"
-    needs_weight_grads = False
-    calibration_defaults = (128, None)  # FLAP: 128 calibration sequences
+    needs = Needs(calibration=True)
+    options_type = WandaSPOptions
+    calibration_samples = 128  # FLAP: 128 calibration sequences
 
-    def __init__(self, slices: str = "input") -> None:
+    def __init__(self, options: WandaSPOptions | WandaOptions | None = None) -> None:
+        super().__init__(options)
+        slices = self.options.slices
         if slices not in SLICE_CHOICES:
             raise ValueError(f"wanda_sp slices must be one of {', '.join(SLICE_CHOICES)}, got {slices!r}")
         self.slices = slices
         self.input_sq_norms: dict[nn.Module, torch.Tensor] = {}
 
     def calibrate(self, model: nn.Module, modules: list[nn.Module], batches: list[dict]) -> None:
-        from loraprune.run.calibration import input_square_norms
-
         self.input_sq_norms = input_square_norms(model, modules, batches)
 
     def release(self) -> None:
@@ -64,6 +83,4 @@ class WandaCriterion(WandaSPCriterion):
     semi-structured N:M patterns; used for groups it scores every slice (``slices: all``)."""
 
     name = "wanda"
-
-    def __init__(self, slices: str = "all") -> None:
-        super().__init__(slices)
+    options_type = WandaOptions

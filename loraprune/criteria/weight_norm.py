@@ -12,14 +12,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from loraprune.criteria.base import lora_tensors
+from loraprune.core.lora import lora_tensors
+from loraprune.criteria.base import Criterion
 
 
-class WeightNormCriterion:
+class WeightNormCriterion(Criterion):
     """Element score ``|W|^p``: summed per channel this is the channel's Lp norm to the power p."""
 
     name = "lp"
-    needs_weight_grads = False
     p = 2
 
     def element_scores(self, module: nn.Module) -> torch.Tensor:

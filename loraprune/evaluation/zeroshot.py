@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,9 +55,10 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 
 @dataclass
 class ZeroShotSpec:
-    """What to evaluate.
+    """What to evaluate (also the ``eval.zeroshot`` config node).
 
     Attributes:
+        enabled: whether a run evaluates zero-shot accuracy at all.
         tasks: lm-eval task names (offline: only those in ``OFFLINE_TASKS``).
         limit: per-task example cap (lm-eval's ``limit``: an int, or a fraction if < 1); None = all.
         batch_size: HFLM batch size.
@@ -69,8 +70,9 @@ class ZeroShotSpec:
         num_fewshot: few-shot examples (0 for the paper's zero-shot table).
     """
 
-    tasks: tuple[str, ...] = PAPER_TASKS
-    limit: int | float | None = None
+    enabled: bool = False
+    tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
+    limit: float | None = None
     batch_size: int = 8
     source: str = "auto"
     num_fewshot: int = 0

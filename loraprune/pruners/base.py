@@ -1,0 +1,208 @@
+"""The pruner interface: prepare → (observe, step)* → finalize, and what finalizing gives.
+
+A pruner owns one criterion, one schedule and the masks it imposes during fine-tuning. The training loop
+calls :meth:`Pruner.observe` once the gradients of an optimizer step are accumulated and
+:meth:`Pruner.step` after the optimizer step; :meth:`Pruner.finalize` reaches the target (if fine-tuning
+ended early), releases what the pruner held and returns a :class:`PruneResult` for the merge and the
+surgery. One-shot methods are pruners whose schedule is due at step 0: :meth:`Pruner.prepare` prunes.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from loraprune.core import nm
+from loraprune.core.importance import MovingAverage
+from loraprune.core.lora import set_module_weight_grads
+from loraprune.core.plan import PruningPlan
+from loraprune.core.structure import AttentionUnit, Geometry
+from loraprune.core.surgery import apply_plan, merge_lora
+from loraprune.criteria.base import Criterion
+from loraprune.pruners.calibration import CalibrationData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrunerSettings:
+    """How a pruner chooses what to remove (resolved from ``prune`` and ``method``).
+
+    ``ratio`` is the group ratio of every prunable layer (structured); ``pattern`` (e.g. ``"2:4"``)
+    switches to semi-structured N:M sparsity of every projection of the prunable layers instead.
+    ``calibration_samples`` / ``calibration_seq_len`` size a criterion's own statistics (``None``: the
+    criterion's defaults); ``calibration_batches`` training micro-batches feed the moving average before
+    the first step (one at least for a gradient criterion pruning one-shot).
+    """
+
+    ratio: float = 0.0
+    pattern: str | None = None
+    attention_unit: AttentionUnit = "kv_group"
+    prune_freq: int = 10
+    excluded_layers: list[int] = field(default_factory=list)
+    selection: str = "local"
+    prune_attention: bool = True
+    prune_mlp: bool = True
+    ema_beta: float = 0.9
+    ema_init: str = "zero"
+    normalize: bool = True
+    calibration_samples: int | None = None
+    calibration_seq_len: int | None = None
+    calibration_batches: int = 0
+
+    def __post_init__(self) -> None:
+        if self.selection not in ("local", "global"):
+            raise ValueError(f"prune.selection must be 'local' or 'global', got {self.selection!r}")
+        if self.prune_freq < 1:
+            raise ValueError(f"prune.prune_freq must be >= 1, got {self.prune_freq}")
+
+
+@dataclass
+class PruneResult:
+    """What a finished pruner leaves: the kept groups (all of them for N:M) and the N:M keep masks."""
+
+    plan: PruningPlan
+    nm_masks: dict[tuple[int, str], torch.Tensor] | None = None
+    pattern: str | None = None
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Merge LoRA (through the N:M masks, so the pattern stays exact) and remove the pruned groups;
+        returns the plain model with every parameter frozen."""
+        merged = merge_lora(model) if self.nm_masks is None else nm.merge_through_masks(model, self.nm_masks)
+        for param in merged.parameters():
+            param.requires_grad_(False)
+        return apply_plan(merged, self.plan)
+
+
+class Pruner(ABC):
+    """Scores with a criterion, smooths the scores, follows a schedule of ``goal``; see the module doc."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        geo: Geometry,
+        criterion: Criterion,
+        settings: PrunerSettings,
+        schedule: Callable[[int], float],
+    ) -> None:
+        self.model, self.geo, self.criterion = model, geo, criterion
+        self.settings, self.schedule = settings, schedule
+        excluded = set(settings.excluded_layers)
+        self.prunable = [i for i in range(geo.num_layers) if i not in excluded]
+        self.ema = MovingAverage(settings.ema_beta, settings.ema_init)
+        self.progress = 0.0  # where the schedule stands, in units of ``goal``
+        self.released = False
+
+    # ------------------------------------------------------------------ what implementations provide
+    @property
+    @abstractmethod
+    def goal(self) -> float:
+        """The schedule's final value (the group ratio; 1.0 = every row N:M)."""
+
+    @property
+    @abstractmethod
+    def removed_fraction(self) -> float:
+        """Fraction of what this pruner prunes that is removed now: units of the prunable layers'
+        groups (structured), or weights of the pruned projections (N:M)."""
+
+    @abstractmethod
+    def scored_modules(self) -> list[nn.Module]:
+        """Every projection the criterion scores (each once)."""
+
+    @abstractmethod
+    def current_scores(self) -> dict[Hashable, torch.Tensor]:
+        """This step's importance per key, from the criterion."""
+
+    @abstractmethod
+    def advance_to(self, target: float) -> None:
+        """Remove more until the schedule value ``target`` is in force (never restores)."""
+
+    @abstractmethod
+    def result(self) -> PruneResult:
+        """The result as it stands."""
+
+    def remove_hooks(self) -> None:  # noqa: B027 - optional: most pruners install nothing to remove
+        """Remove whatever the pruner installed on the model for fine-tuning."""
+
+    # ------------------------------------------------------------------------------- the life cycle
+    @property
+    def finished(self) -> bool:
+        """The final value is in force (masks never change again)."""
+        return self.progress >= self.goal
+
+    @property
+    def prunes_at_start(self) -> bool:
+        """Whether the schedule prunes before the first optimizer step (one-shot at step 0)."""
+        return self.goal > 0 and self.schedule(0) >= self.goal
+
+    def prepare(self, data: CalibrationData) -> None:
+        """What the criterion needs before the first step; a one-shot pruner prunes here."""
+        c, s = self.criterion, self.settings
+        if c.needs.calibration:
+            if not self.prunes_at_start:
+                raise ValueError(f"criterion {c.name!r} prunes one-shot at step 0 only")
+            n = s.calibration_samples or c.calibration_samples
+            seq_len = s.calibration_seq_len or c.calibration_seq_len
+            log.info("calibrating %s on %d samples of up to %s tokens", c.name, n, seq_len)
+            c.calibrate(self.model, self.scored_modules(), data.batches(n, seq_len))
+        elif c.needs.weight_grads:
+            set_module_weight_grads(self.scored_modules(), True)
+        warm_up = s.calibration_batches or (1 if self.prunes_at_start and c.needs.backward else 0)
+        if warm_up and not c.needs.calibration:
+            self.warm_up(data, warm_up)
+        if self.prunes_at_start:
+            self.advance_to(self.goal)
+            self.release()
+
+    def warm_up(self, data: CalibrationData, batches: int) -> None:
+        """Forward/backward micro-batches that only feed the moving average (no optimizer step)."""
+        self.model.train()
+        for batch in data.micro_batches(batches):
+            self.model(**batch).loss.backward()
+            self.observe()
+            self.model.zero_grad(set_to_none=True)
+        self.model.eval()
+
+    def observe(self) -> None:
+        """Fold the current gradients' importance into the moving average (nothing once finished)."""
+        if not self.finished:
+            self.ema.update(self.current_scores())
+
+    def step(self, step: int, final_step: bool = False) -> float:
+        """Apply the schedule after optimizer step ``step`` (1-based); returns :attr:`removed_fraction`."""
+        target = min(self.goal, float(self.schedule(step)))
+        due = step % self.settings.prune_freq == 0 or final_step or target >= self.goal
+        if due and target > self.progress:
+            self.advance_to(target)
+        if self.finished:
+            self.release()
+        return self.removed_fraction
+
+    def release(self) -> None:
+        """Once the final value is in force: free the criterion's statistics, the moving average and
+        ``∂L/∂W`` (LoRA keeps training). Idempotent."""
+        if self.released:
+            return
+        self.released = True
+        self.criterion.release()
+        self.ema.clear()
+        if self.criterion.needs.weight_grads:
+            set_module_weight_grads(self.scored_modules(), False)
+
+    def finalize(self) -> PruneResult:
+        """Reach the goal (e.g. no fine-tuning steps), release, remove hooks, return the result."""
+        if not self.finished:
+            self.advance_to(self.goal)
+        self.release()
+        self.remove_hooks()
+        return self.result()
+
+    def needs_observation(self) -> None:
+        """Raise unless the criterion can score without a training backward (or one was observed)."""
+        if not self.ema.values and self.criterion.needs.backward:
+            raise RuntimeError("no importance observed yet: call observe() after a backward pass first")
