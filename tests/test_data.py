@@ -1,10 +1,15 @@
-"""Tests of loraprune.data and loraprune.data.embedded_corpora (offline, tiny byte-level tokenizer)."""
+"""Tests of loraprune.data and loraprune.data.embedded_corpora (offline, tiny byte-level tokenizer).
+
+The hub sets run through the real loading, prompt and tokenizing code on a fixture mirror
+(:func:`loraprune.data.mirror.write_fixture_mirror`); only the download is replaced.
+"""
 
 from __future__ import annotations
 
 import json
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -20,6 +25,7 @@ from loraprune.data.embedded_corpora import (
     is_news_test_document,
     is_wiki_test_title,
 )
+from loraprune.data.mirror import MIRROR_ENV, split_file, write_fixture_mirror
 
 
 def _byte_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
@@ -37,6 +43,22 @@ def _byte_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="module")
 def tok() -> PreTrainedTokenizerFast:
     return _byte_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def no_mirror_env(monkeypatch):
+    """A mirror set in the caller's environment must not leak into the tests."""
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def hub_mirror(tmp_path_factory):
+    return write_fixture_mirror(tmp_path_factory.mktemp("hub_mirror"))
+
+
+def _rows(mirror, name: str, split: str | None = None) -> list[dict]:
+    """The records the fixture mirror holds for ``name`` (read with pyarrow, not with the code under test)."""
+    return pq.read_table(split_file(mirror, data.HUB_SOURCES[name], split)).to_pylist()
 
 
 @pytest.fixture
@@ -128,8 +150,9 @@ def test_hub_failure_points_to_embedded(monkeypatch, tok):
         raise ConnectionError("Couldn't reach the Hub")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(RuntimeError, match="wiki_embedded"):
+    with pytest.raises(RuntimeError, match="wiki_embedded") as err:
         load_eval_text("wikitext2")
+    assert MIRROR_ENV in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(RuntimeError, match="MBZUAI/LaMini-instruction"):
         build_finetune_dataset(FinetuneDataSpec("lamini"), tok)
 
@@ -237,3 +260,194 @@ def test_collate_pads_right():
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert out["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert all(t.dtype == torch.long for t in out.values())
+
+
+# ------------------------------------------------------------------------------ hub sets via a mirror
+def test_fixture_mirror_holds_every_hub_set(hub_mirror):
+    for name in data.HUB_SOURCES:
+        assert len(_rows(hub_mirror, name)) >= 20, name
+    for name in data.EVAL_HUB_SOURCES:
+        data.validate_eval_source(name, mirror=hub_mirror)
+    for name in data.INSTRUCTION_HUB_SOURCES:
+        data.validate_finetune_source(name, mirror=hub_mirror)
+    assert set(_rows(hub_mirror, "lamini")[0]) == {"instruction", "response", "instruction_source"}
+    assert set(_rows(hub_mirror, "alpaca")[0]) == {"instruction", "input", "output"}
+
+
+def test_eval_text_through_mirror(hub_mirror):
+    # LLM-Pruner: the split's rows joined by "\n\n" (wikitext's empty rows included), for both sets
+    wikitext = load_eval_text("wikitext2", mirror=hub_mirror)
+    rows = [r["text"] for r in _rows(hub_mirror, "wikitext2")]
+    assert wikitext == "\n\n".join(rows) and "" in rows and " = River otter = \n" in rows
+    train = [r["text"] for r in _rows(hub_mirror, "wikitext2", "train")]
+    assert load_eval_text("wikitext2", split="train", mirror=hub_mirror) == "\n\n".join(train) != wikitext
+    ptb = load_eval_text("ptb", mirror=str(hub_mirror))
+    sentences = [r["sentence"] for r in _rows(hub_mirror, "ptb")]
+    assert ptb == "\n\n".join(sentences) and len(sentences) == 40
+    assert " N " in ptb and not any(ch.isdigit() for ch in ptb)  # PTB's spelling of numbers
+    test = [r["sentence"] for r in _rows(hub_mirror, "ptb", "test")]
+    assert load_eval_text("ptb", split="test", mirror=hub_mirror) == "\n\n".join(test)
+
+
+def test_alpaca_through_mirror(hub_mirror, tok):
+    records = _rows(hub_mirror, "alpaca")
+    spec = FinetuneDataSpec("alpaca", cutoff_len=1024, train_on_inputs=False)
+    samples = build_finetune_dataset(spec, tok, mirror=hub_mirror)
+    assert len(samples) == len(records)
+    with_input = next(i for i, r in enumerate(records) if r["input"])
+    without_input = next(i for i, r in enumerate(records) if not r["input"])
+    template = data.PROMPT_TEMPLATES["alpaca"]
+    for i in (with_input, without_input):
+        rec, sample = records[i], samples[i]
+        prompt = template.render(rec["instruction"], rec["input"])
+        assert ("### Input:\n" in prompt) == bool(rec["input"])
+        assert tok.decode(sample["input_ids"]) == prompt + rec["output"] + "</s>"
+        n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        labels, ids = sample["labels"], sample["input_ids"]
+        assert labels[:n_prompt] == [-100] * n_prompt and labels[n_prompt:] == ids[n_prompt:]
+    assert tok.decode(samples[with_input]["input_ids"]).startswith(
+        "Below is an instruction that describes a task, paired with an input"
+    )
+    trained = build_finetune_dataset(FinetuneDataSpec("alpaca", cutoff_len=1024), tok, mirror=hub_mirror)
+    assert all(s["labels"] == s["input_ids"] for s in trained)
+    some = build_finetune_dataset(FinetuneDataSpec("alpaca", nsamples=5, seed=3), tok, mirror=hub_mirror)
+    assert len(some) == 5 and all(len(s["input_ids"]) <= 128 for s in some)
+
+
+def test_lamini_through_mirror(hub_mirror, tok):
+    records = _rows(hub_mirror, "lamini")
+    spec = FinetuneDataSpec("lamini", cutoff_len=1024, train_on_inputs=False)
+    samples = build_finetune_dataset(spec, tok, mirror=hub_mirror)
+    assert len(samples) == len(records)
+    template = data.PROMPT_TEMPLATES["alpaca"]
+    for rec, sample in zip(records, samples, strict=True):
+        prompt = template.render(rec["instruction"])  # LaMini has no input: the no-input prompt
+        assert tok.decode(sample["input_ids"]) == prompt + rec["response"] + "</s>"
+        n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        assert sample["labels"][:n_prompt] == [-100] * n_prompt
+        assert sample["labels"][n_prompt:] == sample["input_ids"][n_prompt:]
+
+
+def test_mirror_from_env_and_parameter(hub_mirror, tmp_path, monkeypatch, tok):
+    expected = "\n\n".join(r["sentence"] for r in _rows(hub_mirror, "ptb"))
+    monkeypatch.setenv(MIRROR_ENV, str(hub_mirror))
+    assert load_eval_text("ptb") == expected
+    assert len(build_finetune_dataset(FinetuneDataSpec("lamini", nsamples=3), tok)) == 3
+    empty = tmp_path / "empty_mirror"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="has no copy of ptb-text-only/ptb_text_only"):
+        load_eval_text("ptb", mirror=empty)  # the parameter wins over the variable
+    monkeypatch.setenv(MIRROR_ENV, str(empty))
+    assert load_eval_text("ptb", mirror=hub_mirror) == expected
+    with pytest.raises(ValueError, match="has no copy of MBZUAI/LaMini-instruction"):
+        build_finetune_dataset(FinetuneDataSpec("lamini"), tok)
+
+
+def test_mirror_errors_are_one_line_and_early(hub_mirror, tmp_path, monkeypatch):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("validation must not load data")
+
+    empty = tmp_path / "empty_mirror"
+    empty.mkdir()
+    monkeypatch.setattr(datasets, "load_dataset", must_not_load)
+    cases = [
+        (lambda: data.validate_eval_source("wikitext2", mirror=empty), "Salesforce/wikitext/wikitext-2"),
+        (lambda: data.validate_finetune_source("alpaca", mirror=empty), "huggingface-cli download"),
+        (lambda: data.validate_eval_source("ptb", split="train", mirror=hub_mirror), "no 'train' split"),
+        (lambda: data.validate_eval_source("ptb", mirror=tmp_path / "nowhere"), "is not a directory"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message) as err:
+            call()
+        assert "\n" not in str(err.value)
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match=f"from {MIRROR_ENV}"):
+        data.validate_text_source("wikitext2")
+    data.validate_eval_source("wiki_embedded")  # a mirror matters only to hub sets
+
+
+def test_mirror_of_main_branch_snapshot_and_old_ids(tmp_path):
+    # a snapshot of alpaca-cleaned's main branch: one JSON array at the repository root
+    repo = tmp_path / "yahma" / "alpaca-cleaned"
+    repo.mkdir(parents=True)
+    (repo / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n# Alpaca cleaned\n")
+    rows = [{"output": "Blue.", "input": "", "instruction": "Name a colour."}]
+    (repo / "alpaca_data_cleaned.json").write_text(json.dumps(rows))
+    data.validate_finetune_source("alpaca", mirror=tmp_path)
+    # the older hub id as folder name, the split as a jsonl file in the parquet-export layout
+    split_dir = tmp_path / "ptb_text_only" / "penn_treebank" / "validation"
+    split_dir.mkdir(parents=True)
+    (split_dir / "0000.jsonl").write_text('{"sentence": "a b"}\n{"sentence": "c d"}\n')
+    assert load_eval_text("ptb", mirror=tmp_path) == "a b\n\nc d"
+
+
+# ---------------------------------------------------------------------------- validation by purpose
+def test_validation_by_purpose(tmp_path):
+    for name in ("lamini", "alpaca", "wiki_embedded", "news_embedded"):
+        data.validate_finetune_source(name)
+    for name in ("wikitext2", "ptb", "wiki_embedded", "news_embedded"):
+        data.validate_eval_source(name)
+    with pytest.raises(ValueError, match=r"unknown eval text source 'lamini' \(fine-tune data, not"):
+        data.validate_eval_source("lamini")
+    with pytest.raises(ValueError, match="unknown finetune text source 'wikitext2' .evaluation text"):
+        data.validate_finetune_source("wikitext2")
+    with pytest.raises(ValueError, match="only supports kind='instruction'"):
+        data.validate_finetune_source("lamini", kind="text")
+    with pytest.raises(ValueError, match="only supports kind='text'"):
+        data.validate_finetune_source("news_embedded", kind="instruction")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        data.validate_finetune_source("alpaca", kind="chat")
+    data.validate_text_source("lamini", purpose="finetune")
+    with pytest.raises(ValueError, match="unknown purpose"):
+        data.validate_text_source("lamini", purpose="train")
+
+
+def test_bad_files_fail_early_in_one_line(tmp_path):
+    def write(name: str, content: bytes):
+        path = tmp_path / name
+        path.write_bytes(content)
+        return str(path)
+
+    latin1 = "Caf\u00e9 au lait, na\u00efve r\u00e9sum\u00e9.\n".encode("latin-1")
+    empty_parquet = tmp_path / "empty.parquet"
+    datasets.Dataset.from_dict({"text": []}).to_parquet(str(empty_parquet))
+    cases = {
+        write("empty.jsonl", b""): "contains no text",
+        write("blank.txt", b"\n  \n"): "contains no text",
+        write("latin1.txt", latin1): r"is not UTF-8 text \(byte 0xe9 at offset 3\)",
+        write("utf16.jsonl", '{"text": "hi"}\n'.encode("utf-16")): "is not UTF-8 text",
+        write("nul.txt", b"abc\x00def"): "NUL bytes",
+        write("bad.jsonl", b"\n{'text': 'single quotes'}\n"): "line 2 is not JSON",
+        write("list.jsonl", b'["a", "b"]\n'): "line 1 is not a JSON object",
+        write("csv.json", b"text\nhello\n"): "is not JSON",
+        write("fake.parquet", b"not a parquet file at all"): "is not a parquet file",
+        str(empty_parquet): "contains no rows",
+        str(tmp_path / "missing.jsonl"): "not found: .*missing.jsonl",
+        str(tmp_path / "notes.docx"): "unsupported file extension '.docx'",
+        "c4": "unknown finetune text source 'c4'",
+    }
+    for name, message in cases.items():
+        for validate in (data.validate_finetune_source, data.validate_eval_source):
+            with pytest.raises(ValueError, match=message.replace("finetune", "(finetune|eval)")) as err:
+                validate(name)
+            assert "\n" not in str(err.value), name
+    with pytest.raises(FileNotFoundError):  # a missing file is both kinds of error
+        data.validate_finetune_source(str(tmp_path / "missing.jsonl"))
+    good = write("good.jsonl", b'\xef\xbb\xbf{"text": "caf\xc3\xa9"}\n')  # UTF-8 with a byte-order mark
+    data.validate_finetune_source(good)
+
+
+def test_bad_fine_tune_file_fails_before_tokenizing(tmp_path):
+    class NoTokenizer:
+        def __getattr__(self, name):
+            raise AssertionError("must fail before tokenizing")
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="contains no text"):
+        build_finetune_dataset(FinetuneDataSpec(str(empty)), NoTokenizer())
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": \n')  # bad past the first line: found when reading
+    with pytest.raises(ValueError, match="cannot read records from .*broken.jsonl") as err:
+        build_finetune_dataset(FinetuneDataSpec(str(broken)), NoTokenizer())
+    assert "\n" not in str(err.value)

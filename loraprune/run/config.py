@@ -103,6 +103,7 @@ class DataConfig:
     prompt_template: str = "alpaca"
     train_on_inputs: bool = True
     field: str = "text"
+    mirror: str | None = None  # local hub mirror folder (None: $LORAPRUNE_HUB_MIRROR, then the hub)
 
 
 @dataclass
