@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from loraprune.core.plan import PruningPlan, head_channels
-from loraprune.core.structure import decoder_layers
+from loraprune.core.structure import Geometry, decoder_layers
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -33,7 +33,10 @@ def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
 
 
 def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
-    """Remove what the plan drops, so that HF's own forward runs the smaller model. In place."""
+    """Remove what the plan drops, so that HF's own forward runs the smaller model. In place.
+
+    The model's config then states the widths it has (:func:`state_config_widths`).
+    """
     layers = decoder_layers(model)
     hd = plan.geometry.head_dim
     for idx, keep in plan.layers.items():
@@ -65,7 +68,22 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
             slice_linear(mlp.down_proj, ch, 1)
             if hasattr(mlp, "intermediate_size"):
                 mlp.intermediate_size = len(keep.channels)
+    state_config_widths(model, plan.geometry)
     return model
+
+
+def state_config_widths(model: nn.Module, base: Geometry) -> str | None:
+    """Make the model's config state the widths its layers have (in place): the global fields when every
+    layer keeps the same ones, else per-layer lists (see :mod:`loraprune.export.widths`).
+
+    Returns ``"uniform"``, ``"per_layer"``, or None for a model without a config.
+    """
+    from loraprune.export.widths import LayerWidths, state_widths
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    return state_widths(config, LayerWidths.of(model, base.head_dim), base)
 
 
 def count_parameters(model: nn.Module) -> int:
