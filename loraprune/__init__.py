@@ -1,8 +1,9 @@
 """loraprune: structured pruning of LLaMA-family LLMs guided by LoRA gradients (LoRAPrune)."""
 
+from loraprune.export.card import ModelCard
 from loraprune.run.checkpoint import load_pruned, save_pruned
 
-__all__ = ["load_pruned", "save_pruned", "run"]
+__all__ = ["ModelCard", "load_pruned", "save_pruned", "run"]
 
 
 def run(cfg):

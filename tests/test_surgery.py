@@ -130,13 +130,31 @@ def test_uniformly_pruned_model_loads_with_plain_from_pretrained(tokens, tmp_pat
     pruner.remove_hooks()
     merged = apply_plan(merge_lora(pm), plan)
     save_pruned(merged, tok, plan, tmp_path / "m")
-    assert merged.config.num_attention_heads == 8  # the in-memory config is left as it was
+    assert merged.config.num_attention_heads == 4  # after surgery the in-memory config states the widths
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     assert plain.config.num_attention_heads == 4 and plain.config.intermediate_size == 64
     with torch.no_grad():
         expected = merged(input_ids=tokens).logits
         assert torch.allclose(plain(input_ids=tokens).logits, expected, atol=1e-5)
         assert torch.allclose(load_pruned(tmp_path / "m")(input_ids=tokens).logits, expected, atol=1e-5)
+
+
+def test_surgery_makes_the_config_state_each_layers_widths(tiny, tokens):
+    model, _ = tiny
+    pm, pruner, geo = _pruned(model, tokens)
+    plan = pruner.plan()
+    pruner.remove_hooks()
+    merged = apply_plan(merge_lora(pm), plan)
+    attn = [layer.self_attn for layer in merged.model.layers]
+    config = merged.config
+    assert config.layer_num_attention_heads == [a.q_proj.out_features // geo.head_dim for a in attn]
+    assert config.layer_num_key_value_heads == [a.k_proj.out_features // geo.head_dim for a in attn]
+    assert config.layer_intermediate_size == [x.mlp.gate_proj.out_features for x in merged.model.layers]
+    assert config.layer_num_attention_heads[0] == geo.num_heads  # layer 0 was excluded
+    assert config.num_attention_heads == geo.num_heads  # globals: the base's widths (the widest)
+    kwargs = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=2)
+    static = merged.generate(tokens[:1], cache_implementation="static", **kwargs)
+    assert torch.equal(merged.generate(tokens[:1], **kwargs), static)
 
 
 def test_global_selection_takes_lowest_overall_but_never_empties_a_layer():

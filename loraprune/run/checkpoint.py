@@ -1,4 +1,17 @@
-"""Saving and reloading pruned models: safetensors + config + tokenizer + pruning plan, written atomically."""
+"""Saving and reloading pruned models, written atomically.
+
+A saved directory is a Hugging Face checkpoint that needs no loraprune to load:
+
+* **stock** when every layer keeps the same widths (and the config class accepts them): the base's own
+  class (e.g. ``LlamaForCausalLM``) with a config stating the pruned widths; no custom code.
+* **per_layer** otherwise: ``PrunedLlamaForCausalLM`` (transformers' LLaMA layers built with each layer's
+  widths), whose two standalone files are copied in and named in the config's ``auto_map``: it loads with
+  ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``.
+
+Next to weights, config and tokenizer: ``pruning_plan.json`` (kept heads/channels, replayable),
+``README.md`` (the model card, :mod:`loraprune.export.card`) and ``loraprune_card.json`` (its data, so
+``loraprune-export`` can write it again).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +28,21 @@ from torch import nn
 
 from loraprune.core.plan import PruningPlan
 from loraprune.core.surgery import apply_plan
+from loraprune.export.card import CARD_DATA_FILE, ModelCard
+from loraprune.export.configuration_pruned_llama import PrunedLlamaConfig
+from loraprune.export.files import (
+    copy_modeling_files,
+    finish_config_json,
+    finish_tokenizer_config,
+    nm_pattern,
+)
+from loraprune.export.readme import render
+from loraprune.export.widths import LayerWidths, biases_of, clean_config_dict, pruned_config, stock_config
 
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "pruning_plan.json"
+FORMS = ("auto", "stock", "per_layer")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -40,72 +64,157 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, default=str))
 
 
-def _uniform_config(config, plan: PruningPlan):
-    """A copy of ``config`` stating the pruned widths when every layer keeps the same ones and the config
-    class accepts them (some versions require hidden_size to divide by the head count); else None."""
-    widths = plan.uniform_widths() if plan.layers else None
-    if widths is None:
-        return None
-    try:
-        return type(config).from_dict({**config.to_dict(), **widths, "head_dim": plan.geometry.head_dim})
-    except Exception as e:  # noqa: BLE001 - config classes raise their own validation errors
-        log.info(
-            "pruned widths not expressible in %s (%s): load with loraprune.load_pruned",
-            type(config).__name__,
-            e,
-        )
-        return None
+def save_pruned(
+    model: nn.Module,
+    tokenizer,
+    plan: PruningPlan,
+    path: str | Path,
+    *,
+    card: ModelCard | dict | None = None,
+    metrics: dict[str, Any] | None = None,
+    config: dict[str, Any] | str | None = None,
+    command: str | list[str] | None = None,
+    form: str = "auto",
+    model_id: str | None = None,
+) -> Path:
+    """Save a physically pruned model as a self-contained checkpoint; replaces ``path`` atomically.
 
+    Args:
+        model: the pruned model (a transformers causal LM; its config is not changed).
+        tokenizer: saved alongside (None: no tokenizer).
+        plan: the pruning plan (saved as ``pruning_plan.json``; its geometry is the base model's).
+        path: the output directory.
+        card: the model card's content; when None it is built from ``metrics`` (the run's
+            ``metrics.json`` dict), ``config`` (the resolved config, dict or YAML) and ``command``.
+        form: ``"auto"`` (stock when every layer keeps the same widths, else per-layer), ``"stock"``
+            (refused when the widths differ) or ``"per_layer"``.
+        model_id: the folder or hub repo the card's snippets load from (default: ``path``).
 
-def save_pruned(model: nn.Module, tokenizer, plan: PruningPlan, path: str | Path) -> Path:
-    """Save a physically pruned model so :func:`load_pruned` restores it; replaces ``path`` atomically.
-
-    When every layer keeps the same widths, the saved config states them, so that plain
-    ``AutoModelForCausalLM.from_pretrained(path)`` loads the pruned model as well.
+    Returns:
+        ``path``.
     """
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     path = Path(path)
+    card = _card(card, metrics, config, command)
+    widths = LayerWidths.of(model, plan.geometry.head_dim)
+    save_config, chosen = _config_for(model, widths, plan, form)
+    sparsity = nm_pattern(model)
+    if sparsity is not None:
+        card.pattern = card.pattern or sparsity["pattern"]
+        card.semistructured = {**(card.semistructured or {}), **sparsity}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     original = model.config
-    uniform = _uniform_config(original, plan)
     try:
-        if uniform is not None:
-            model.config = uniform
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.config = save_config
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            model.config = original
+        data = finish_config_json(tmp / "config.json", per_layer=chosen == "per_layer")
+        if chosen == "per_layer":
+            copy_modeling_files(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+            finish_tokenizer_config(tmp)
         write_json(tmp / PLAN_FILE, plan.to_dict())
+        write_json(tmp / CARD_DATA_FILE, card.to_dict())
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        architecture = data.get("architectures", [type(model).__name__])[0]
+        text = render(
+            card, form=chosen, dtype=dtype, architecture=architecture, model_id=model_id or str(path)
+        )
+        write_text(tmp / "README.md", text)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
     finally:
-        model.config = original
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    log.info("saved the pruned model (%s form) to %s", chosen, path)
     return path
+
+
+def _card(card, metrics, config, command) -> ModelCard:
+    if isinstance(card, ModelCard):
+        return ModelCard.from_dict(card.to_dict())  # a copy: the pattern found is added to it
+    if isinstance(card, dict):
+        return ModelCard.from_dict(card)
+    return ModelCard.from_run(metrics, config, command)
+
+
+def _config_for(model: nn.Module, widths: LayerWidths, plan: PruningPlan, form: str):
+    """The config to save and the form it gives: ``"stock"``, ``"per_layer"`` or ``"plan"`` (a non-LLaMA
+    family with differing widths: the base config and the plan, readable by :func:`load_pruned` only)."""
+    stock = stock_config(model.config, widths) if form in ("auto", "stock") else None
+    if stock is not None:
+        return stock, "stock"
+    if form == "stock":
+        raise ValueError(
+            "the layers keep different widths (or the config cannot state them): no stock checkpoint; "
+            "use form='per_layer'"
+        )
+    try:
+        return pruned_config(model.config, widths, plan.geometry, biases_of(model)), "per_layer"
+    except ValueError as e:
+        log.warning("%s: saved with the base config and the plan; load it with loraprune.load_pruned", e)
+        base = clean_config_dict(model.config)
+        base.update(
+            num_attention_heads=plan.geometry.num_heads,
+            num_key_value_heads=plan.geometry.num_kv_heads,
+            intermediate_size=plan.geometry.intermediate_size,
+        )
+        return type(model.config).from_dict(base), "plan"
 
 
 def load_pruned(
     path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None, with_tokenizer: bool = False
 ):
-    """Rebuild a pruned model: empty model from its config, the saved plan applied, weights loaded.
+    """Load a model saved by :func:`save_pruned` (any form, also the older plan-only one).
 
-    Returns the model (and its tokenizer when ``with_tokenizer``).
+    Returns the model (and its tokenizer when ``with_tokenizer``), in eval mode on ``device``.
     """
-    from accelerate import init_empty_weights
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     if not (path / PLAN_FILE).is_file():
         raise FileNotFoundError(f"{path} has no {PLAN_FILE}: not a loraprune checkpoint")
     plan = PruningPlan.from_dict(json.loads((path / PLAN_FILE).read_text()))
+    saved = json.loads((path / "config.json").read_text())
+    if saved.get("model_type") == PrunedLlamaConfig.model_type:
+        from loraprune.export.modeling_pruned_llama import PrunedLlamaForCausalLM
+
+        model = PrunedLlamaForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+    elif plan.layers and _states_base_widths(saved, plan):
+        model = _load_with_plan(path, plan, device, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+    model.to(device).eval()
+    return (model, AutoTokenizer.from_pretrained(path)) if with_tokenizer else model
+
+
+def _states_base_widths(saved: dict, plan: PruningPlan) -> bool:
+    """Whether a saved config keeps the base widths while the plan removes some (the plan-only form)."""
+    g = plan.geometry
+    return (
+        saved.get("num_attention_heads") == g.num_heads
+        and saved.get("intermediate_size") == g.intermediate_size
+        and any(
+            (keep.q_heads is not None and len(keep.q_heads) != g.num_heads)
+            or (keep.channels is not None and len(keep.channels) != g.intermediate_size)
+            for keep in plan.layers.values()
+        )
+    )
+
+
+def _load_with_plan(path: Path, plan: PruningPlan, device: str, dtype: torch.dtype | None) -> nn.Module:
+    """Empty model from the base config, the plan applied, the weights loaded."""
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     config = AutoConfig.from_pretrained(path)
-    if config.intermediate_size != plan.geometry.intermediate_size or (
-        config.num_attention_heads != plan.geometry.num_heads
-    ):  # uniform widths were saved in the config: a plain HF checkpoint
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto").to(device).eval()
-        return (model, AutoTokenizer.from_pretrained(path)) if with_tokenizer else model
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
     apply_plan(model, plan)
@@ -123,7 +232,4 @@ def load_pruned(
         )
     if tied:
         model.tie_weights()
-    model.to(device).eval()
-    if with_tokenizer:
-        return model, AutoTokenizer.from_pretrained(path)
     return model

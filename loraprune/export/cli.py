@@ -1,0 +1,158 @@
+"""``loraprune-export RUN_DIR --out DIR [--dtype bf16] [--form auto|stock|per_layer] [--push-to-hub REPO]``.
+
+Re-exports the model of a run (``RUN_DIR/model``, or a saved model directory itself): loads it, casts it
+(e.g. to bfloat16), writes it in the chosen form with its model card, and optionally uploads the folder
+to the Hugging Face Hub through ``huggingface_hub``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from loraprune.export.card import CARD_DATA_FILE, ModelCard
+
+PROG = "loraprune-export"
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+class ExportError(Exception):
+    """A bad input or an impossible request: reported as one line, exit code 2."""
+
+
+def model_dir_of(run_dir: Path) -> Path:
+    """The saved model of a run directory (``RUN_DIR/model``) or ``run_dir`` itself if it is one."""
+    from loraprune.run.checkpoint import PLAN_FILE
+
+    for candidate in (run_dir / "model", run_dir):
+        if (candidate / PLAN_FILE).is_file():
+            return candidate
+    raise ExportError(f"{run_dir} holds no saved pruned model (no {PLAN_FILE} in it or in model/)")
+
+
+def card_of(run_dir: Path, model_dir: Path) -> ModelCard:
+    """The card saved with the model, else one built from the run's metrics.json and config.yaml."""
+    saved = model_dir / CARD_DATA_FILE
+    if saved.is_file():
+        return ModelCard.from_dict(json.loads(saved.read_text()))
+    metrics = run_dir / "metrics.json"
+    config = run_dir / "config.yaml"
+    return ModelCard.from_run(
+        json.loads(metrics.read_text()) if metrics.is_file() else None,
+        yaml.safe_load(config.read_text()) if config.is_file() else None,
+    )
+
+
+def check_can_push() -> str:
+    """The token to push with; raises :class:`ExportError` when offline or without one."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().upper() in _TRUE:
+            raise ExportError(f"--push-to-hub needs the network, but {name} is set: unset it to upload")
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise ExportError(
+            "--push-to-hub needs a Hugging Face token with write access: run `hf auth login` or set HF_TOKEN"
+        )
+    return token
+
+
+def push(folder: Path, repo_id: str, token: str, private: bool = False) -> str:
+    """Create ``repo_id`` if needed and upload ``folder``; returns the repo's URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
+        api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, commit_message="Upload pruned model (loraprune)"
+        )
+    except Exception as e:  # noqa: BLE001 - network, auth and permission errors all end the same way
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"cannot push to {repo_id}: {first}") from e
+    return str(url)
+
+
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    dtype: str | None = None,
+    form: str = "auto",
+    push_to_hub: str | None = None,
+    private: bool = False,
+) -> Path:
+    """Re-export a run's model to ``out`` (see the module docstring); returns ``out``."""
+    from loraprune.core.plan import PruningPlan
+    from loraprune.export.files import nm_pattern
+    from loraprune.run.checkpoint import PLAN_FILE, load_pruned, save_pruned
+    from loraprune.run.models import resolve_dtype
+
+    run_dir, out = Path(run_dir), Path(out)
+    token = check_can_push() if push_to_hub else None
+    model_dir = model_dir_of(run_dir)
+    if out.resolve() == model_dir.resolve():
+        raise ExportError(f"--out {out} is the model being exported: choose another folder")
+    try:
+        torch_dtype = resolve_dtype(dtype, "cpu") if dtype else None
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    model, tokenizer = load_pruned(model_dir, with_tokenizer=True)
+    before = nm_pattern(model)
+    if torch_dtype is not None:
+        model.to(torch_dtype)
+    if before is not None and (nm_pattern(model) or {}).get("projections") != before["projections"]:
+        raise ExportError(f"casting to {dtype} broke the {before['pattern']} pattern of some projections")
+    plan = PruningPlan.from_dict(json.loads((model_dir / PLAN_FILE).read_text()))
+    try:
+        save_pruned(
+            model, tokenizer, plan, out, card=card_of(run_dir, model_dir), form=form, model_id=push_to_hub
+        )
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    if push_to_hub:
+        url = push(out, push_to_hub, token, private)
+        print(f"pushed {out} to {url}", file=sys.stderr)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
+    parser.add_argument("run_dir", type=Path, help="a run directory (with model/) or a saved model directory")
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write")
+    parser.add_argument("--dtype", help="cast the weights: bf16, fp16, fp32 (default: as saved)")
+    parser.add_argument(
+        "--form",
+        choices=("auto", "stock", "per_layer"),
+        default="auto",
+        help="stock: the base's own class (uniform widths only); per_layer: custom code; "
+        "auto (default): stock where possible",
+    )
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO", help="upload the folder to this Hub repo (needs a token)"
+    )
+    parser.add_argument("--private", action="store_true", help="create the Hub repo private")
+    args = parser.parse_args(argv)
+    try:
+        out = export(
+            args.run_dir,
+            args.out,
+            dtype=args.dtype,
+            form=args.form,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+        )
+    except (ExportError, FileNotFoundError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
