@@ -95,3 +95,13 @@ def test_existing_results_are_not_lost_by_a_bad_rerun(tmp_path):
     with pytest.raises(ConfigError):
         run(compose("debug=tiny", "prune.ratio=2", f"output_dir={out}"))
     assert Path(out / "metrics.json").read_text() == "{}"
+
+
+def test_criterion_options_are_typed_at_compose_time():
+    """A method preset's options are its criterion's options dataclass: a typo fails when composing."""
+    cfg = to_config(compose("method=llm_pruner", "method.options.taylor=mix"))
+    assert cfg.method.options.taylor == "mix"
+    with pytest.raises((ConfigCompositionException, ValidationError), match="taylr"):
+        compose("method=llm_pruner", "method.options.taylr=mix")
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose("method=sparsegpt", "method.options.blocksize=many")

@@ -8,7 +8,7 @@ into that dataclass, so an unknown or mistyped option fails before any model loa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import asdict, fields, is_dataclass
 from typing import Any
 
 from loraprune.core.lora import LoraTensors, lora_tensors
@@ -56,9 +56,12 @@ def criterion_options(name: str) -> set[str]:
     return {f.name for f in fields(criterion_class(name).options_type)}
 
 
-def build_options(name: str, options: Mapping[str, Any] | None = None) -> Any:
-    """``options`` as criterion ``name``'s options dataclass; unknown keys raise ``ValueError``."""
+def build_options(name: str, options: Any = None) -> Any:
+    """``options`` (a mapping, or an options dataclass as Hydra's typed config gives it) as criterion
+    ``name``'s options dataclass; unknown keys raise ``ValueError``."""
     cls = criterion_class(name)
+    if is_dataclass(options):
+        options = asdict(options)
     unknown = sorted(set(options or {}) - criterion_options(name))
     if unknown:
         known = ", ".join(sorted(criterion_options(name))) or "none"

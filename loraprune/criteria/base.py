@@ -39,7 +39,7 @@ class Needs:
         return (self.lora_grads or self.weight_grads) and not self.calibration
 
 
-@dataclass(frozen=True)
+@dataclass
 class NoOptions:
     """A criterion without options."""
 

@@ -40,7 +40,7 @@ REFERENCE_NAMES = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class LLMPrunerOptions:
     """``taylor``: element1 | element2 | mix | vector (or the reference's names, see the module doc)."""
 

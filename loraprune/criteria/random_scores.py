@@ -16,7 +16,7 @@ from loraprune.core.lora import lora_tensors
 from loraprune.criteria.base import Criterion
 
 
-@dataclass(frozen=True)
+@dataclass
 class RandomOptions:
     """``seed``: the generator's seed."""
 

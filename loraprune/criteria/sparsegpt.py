@@ -24,7 +24,7 @@ from loraprune.criteria.base import Criterion, Needs
 from loraprune.criteria.statistics import input_hessians
 
 
-@dataclass(frozen=True)
+@dataclass
 class SparseGPTOptions:
     """``blocksize``: columns per lazy-update block; ``percdamp``: dampening, a fraction of mean diag(H)."""
 

@@ -30,14 +30,14 @@ from loraprune.criteria.statistics import input_square_norms
 SLICE_CHOICES = ("input", "all")
 
 
-@dataclass(frozen=True)
+@dataclass
 class WandaSPOptions:
     """``slices``: input (o_proj/down_proj columns only, FLAP's definition) | all."""
 
     slices: str = "input"
 
 
-@dataclass(frozen=True)
+@dataclass
 class WandaOptions:
     """``slices``: all (every slice a group removes) | input."""
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from loraprune.evaluation.zeroshot import ZeroShotSpec
 from loraprune.run.models import TinySpec
@@ -64,7 +65,7 @@ class MethodConfig:
     normalize: bool = True
     finetune: bool = True
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = field(default_factory=dict)  # typed per criterion: method/options/<criterion>
 
 
 @dataclass
@@ -170,5 +171,15 @@ class LoraPruneConfig:
 
 
 def register_configs() -> None:
-    """Register the schema so ``conf/config.yaml`` can validate against it."""
-    ConfigStore.instance().store(name="base_config", node=LoraPruneConfig)
+    """Register the schema so ``conf/config.yaml`` can validate against it, and each criterion's options
+    dataclass as ``method/options/<criterion>`` (a method preset's defaults list types its options)."""
+    from loraprune.criteria import CRITERIA
+
+    if not OmegaConf.has_resolver("loraprune.first"):  # the first argument that is set (not null)
+        OmegaConf.register_new_resolver(
+            "loraprune.first", lambda *xs: next((x for x in xs if x is not None), None)
+        )
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=LoraPruneConfig)
+    for name, criterion in CRITERIA.items():
+        store.store(group="method/options", name=name, node=criterion.options_type)

@@ -53,7 +53,7 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
     logger = start_run_dir(plan)
     try:
         model, tokenizer = load(plan)
-        streams = {n: tokenize_stream(data.load_eval_text(n), tokenizer) for n in plan.cfg.eval.ppl_sets}
+        streams = load_eval_streams(plan, tokenizer)
         samples, steps = load_finetune_data(plan, tokenizer)
         metrics = describe_run(plan, steps, model)
         if plan.cfg.eval.dense:
@@ -129,6 +129,14 @@ def load(plan: RunPlan):
     return model, tokenizer
 
 
+def load_eval_streams(plan: RunPlan, tokenizer) -> dict[str, torch.Tensor]:
+    """Every perplexity set, tokenized once."""
+    mirror = plan.cfg.data.mirror
+    return {
+        n: tokenize_stream(data.load_eval_text(n, mirror=mirror), tokenizer) for n in plan.cfg.eval.ppl_sets
+    }
+
+
 def load_finetune_data(plan: RunPlan, tokenizer) -> tuple[list[dict], int]:
     """The tokenized fine-tune samples and the number of optimizer steps."""
     d, t = plan.cfg.data, plan.cfg.trainer
@@ -142,7 +150,7 @@ def load_finetune_data(plan: RunPlan, tokenizer) -> tuple[list[dict], int]:
         seed=t.seed,
         field=d.field,
     )
-    samples = data.build_finetune_dataset(spec, tokenizer)
+    samples = data.build_finetune_dataset(spec, tokenizer, mirror=d.mirror)
     steps = t.steps if t.steps is not None else steps_for(t.epochs, len(samples), t.batch_size)
     return samples, steps if plan.cfg.method.finetune else 0
 

@@ -209,9 +209,9 @@ def _validate_sources(cfg: LoraPruneConfig) -> None:
         device = resolve_device(cfg.trainer.device)
         resolve_dtype(cfg.trainer.dtype, device)
         model_location(cfg.model.source, cfg.model.path)
-        data.validate_text_source(cfg.data.name, purpose="finetune")
+        data.validate_finetune_source(cfg.data.name, kind=cfg.data.kind, mirror=cfg.data.mirror)
         for name in cfg.eval.ppl_sets:
-            data.validate_text_source(name, purpose="eval")
+            data.validate_eval_source(name, mirror=cfg.data.mirror)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
     # The embedded corpora have disjoint fine-tune/test sides; a file has no split to protect it.
