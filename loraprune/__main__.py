@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,9 +21,23 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 def _main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg)["objective"]
-    except ConfigError as e:  # a bad input: one clear line, no traceback
+    except ConfigError as e:  # a bad input: one clear line, no traceback, nothing left behind
+        _discard_hydra_only_run_dir()
         print(f"loraprune: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _discard_hydra_only_run_dir() -> None:
+    """Remove the run directory Hydra made for a run refused at validation, if it holds only Hydra's own
+    files (``.hydra/`` and the job log): a refused run leaves nothing behind, and a directory with
+    anything else in it (a finished run) is never touched."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    hydra_files = {".hydra", f"{hc.job.name}.log"}
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_files:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def main() -> None:

@@ -355,9 +355,7 @@ def test_config_errors(tmp_path, corpus):
     with pytest.raises(ConfigError, match="not both"):
         validate(
             to_config(
-                compose(
-                    *base, "method=llm_pruner", "prune.layer_range=[1,3]", "prune.exclude_layers=[0]"
-                )
+                compose(*base, "method=llm_pruner", "prune.layer_range=[1,3]", "prune.exclude_layers=[0]")
             )
         )
     cfg = to_config(compose(*base, "method=llm_pruner", "prune.layer_range=[1,3]"))

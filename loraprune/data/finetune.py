@@ -38,11 +38,14 @@ class FinetuneDataSpec:
         cutoff_len: Block length (text) or maximum length (instruction), in tokens.
         prompt_template: Key of :data:`PROMPT_TEMPLATES`.
         train_on_inputs: If False, prompt tokens of instruction records get label -100.
-        seed: Seed of the sample selection.
+        seed: Seed of the sample selection (a run sets it to ``trainer.seed``).
         field: Text field of record files for ``kind="text"``.
+        mirror: Local hub mirror folder (None: ``$LORAPRUNE_HUB_MIRROR``, then the hub).
+
+    This is also the ``data`` config node of a run.
     """
 
-    name: str
+    name: str = "wiki_embedded"
     kind: str = "auto"
     nsamples: int | None = None
     cutoff_len: int = 128
@@ -50,6 +53,7 @@ class FinetuneDataSpec:
     train_on_inputs: bool = True
     seed: int = 0
     field: str = "text"
+    mirror: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "text", "instruction"):

@@ -12,6 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from loraprune.data.finetune import FinetuneDataSpec as DataConfig
 from loraprune.evaluation.zeroshot import ZeroShotSpec
 from loraprune.run.models import TinySpec
 
@@ -91,20 +92,6 @@ class PruneConfig:
     prune_attention: bool = True
     prune_mlp: bool = True
     pattern: str | None = None
-
-
-@dataclass
-class DataConfig:
-    """Fine-tune/calibration data: an embedded corpus, ``lamini``, ``alpaca`` or a local file."""
-
-    name: str = "wiki_embedded"
-    kind: str = "auto"
-    nsamples: int | None = None
-    cutoff_len: int = 128
-    prompt_template: str = "alpaca"
-    train_on_inputs: bool = True
-    field: str = "text"
-    mirror: str | None = None  # local hub mirror folder (None: $LORAPRUNE_HUB_MIRROR, then the hub)
 
 
 @dataclass

@@ -43,7 +43,10 @@ def to_config(cfg: DictConfig | LoraPruneConfig) -> LoraPruneConfig:
     if isinstance(cfg, LoraPruneConfig):
         return cfg
     merged = OmegaConf.merge(OmegaConf.structured(LoraPruneConfig), cfg)
-    return OmegaConf.to_object(merged)
+    try:
+        return OmegaConf.to_object(merged)
+    except ValueError as e:  # a schema's own check (e.g. data.kind)
+        raise ConfigError(str(e)) from e
 
 
 def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
@@ -140,17 +143,7 @@ def load_eval_streams(plan: RunPlan, tokenizer) -> dict[str, torch.Tensor]:
 def load_finetune_data(plan: RunPlan, tokenizer) -> tuple[list[dict], int]:
     """The tokenized fine-tune samples and the number of optimizer steps."""
     d, t = plan.cfg.data, plan.cfg.trainer
-    spec = data.FinetuneDataSpec(
-        name=d.name,
-        kind=d.kind,
-        nsamples=d.nsamples,
-        cutoff_len=d.cutoff_len,
-        prompt_template=d.prompt_template,
-        train_on_inputs=d.train_on_inputs,
-        seed=t.seed,
-        field=d.field,
-    )
-    samples = data.build_finetune_dataset(spec, tokenizer, mirror=d.mirror)
+    samples = data.build_finetune_dataset(d, tokenizer, mirror=d.mirror)
     steps = t.steps if t.steps is not None else steps_for(t.epochs, len(samples), t.batch_size)
     return samples, steps if plan.cfg.method.finetune else 0
 
