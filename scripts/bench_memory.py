@@ -30,7 +30,7 @@ def measure(criterion: str, model_source: str, batch: int, seq: int) -> dict:
     from loraprune.run.config import LoraPruneConfig
     from loraprune.run.memory import PeakMemory
     from loraprune.run.models import load_model
-    from loraprune.run.pipeline import add_lora
+    from loraprune.run.adapters import add_lora
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _ = load_model(model_source, dtype="auto", device=device)

@@ -28,14 +28,16 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "loraprune"
 ROOT = "loraprune"
 TOP = "top"
-LAYERS = ("core", "data", "criteria", "pruners", "evaluation", "run", "report")
+LAYERS = ("core", "data", "criteria", "pruners", "evaluation", "export", "run", "bench", "report")
 ALLOWED: dict[str, set[str]] = {
     "core": {"core"},
     "data": {"data"},
     "criteria": {"core", "criteria"},
     "pruners": {"core", "data", "criteria", "pruners"},
     "evaluation": {"core", "data", "evaluation"},
-    "run": set(LAYERS) - {"report"},
+    "export": {"core", "evaluation", "export"},  # checkpoint files; used by run, needs no run
+    "run": set(LAYERS) - {"bench", "report"},
+    "bench": set(LAYERS) - {"report"},
     "report": set(LAYERS),
     TOP: {*LAYERS, TOP},
 }

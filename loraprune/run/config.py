@@ -9,9 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
-
 from loraprune.data.finetune import FinetuneDataSpec as DataConfig
 from loraprune.evaluation.zeroshot import ZeroShotSpec
 from loraprune.run.models import TinySpec
@@ -160,6 +157,9 @@ class LoraPruneConfig:
 def register_configs() -> None:
     """Register the schema so ``conf/config.yaml`` can validate against it, and each criterion's options
     dataclass as ``method/options/<criterion>`` (a method preset's defaults list types its options)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
     from loraprune.criteria import CRITERIA
 
     if not OmegaConf.has_resolver("loraprune.first"):  # the first argument that is set (not null)

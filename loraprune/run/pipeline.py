@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -25,8 +24,9 @@ from loraprune.criteria import build_criterion
 from loraprune.evaluation import sparse_speed
 from loraprune.evaluation.ppl import perplexity, tokenize_stream
 from loraprune.pruners import CalibrationData, Pruner, PruneResult, build_pruner
+from loraprune.run.adapters import add_lora
 from loraprune.run.checkpoint import save_pruned, write_json, write_text
-from loraprune.run.config import LoraConfig, LoraPruneConfig
+from loraprune.run.config import LoraPruneConfig
 from loraprune.run.loggers import Logger, build_logger
 from loraprune.run.memory import PeakMemory
 from loraprune.run.models import load_model
@@ -170,25 +170,6 @@ def describe_run(plan: RunPlan, steps: int, model) -> dict[str, Any]:
         "eval": {"seq_len": cfg.eval.seq_len, "max_windows": cfg.eval.max_windows, "sets": cfg.eval.ppl_sets},
         "params": {"total_before": count_parameters(model), "decoder_before": decoder_parameters(model)},
     }
-
-
-def add_lora(model, lora: LoraConfig):
-    """Wrap ``model`` with peft LoRA adapters."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
-    peft_cfg = PeftLoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    # peft asks transformers 5 a deprecated question; nothing for the user to do
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, peft_cfg)
 
 
 def make_pruner(peft_model, plan: RunPlan, steps: int) -> Pruner:

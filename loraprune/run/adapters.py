@@ -1,0 +1,26 @@
+"""peft LoRA adapters on a frozen model, from the ``lora`` config node."""
+
+from __future__ import annotations
+
+import warnings
+
+from loraprune.run.config import LoraConfig
+
+
+def add_lora(model, lora: LoraConfig):
+    """Wrap ``model`` with peft LoRA adapters (the base frozen; LoRA in fp32 even on a bf16 base)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    # peft asks transformers 5 a deprecated question; nothing for the user to do
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, peft_cfg)
