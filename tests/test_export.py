@@ -453,3 +453,23 @@ def test_card_from_saved_config_yaml_text():
         {}, yaml.safe_dump({"model": {"source": "tiny", "name": "tiny_llama"}}), ["loraprune", "a=1"]
     )
     assert card.base_model is None and card.base_name == "tiny_llama" and card.command == "loraprune a=1"
+
+
+def test_cli_command_is_the_hydra_jobs_own_overrides():
+    from conftest import CONF
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from loraprune.export.card import cli_command
+    from loraprune.run.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["prune.ratio=0.3"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert cli_command() == "loraprune prune.ratio=0.3"
+    finally:
+        HydraConfig.instance().cfg = None
+    assert cli_command(["/bin/loraprune", "a=1"]) == "loraprune a=1"

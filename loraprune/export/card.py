@@ -114,7 +114,19 @@ class ModelCard:
 
 
 def cli_command(argv: list[str] | None = None) -> str:
-    """This process's command line as a user typed it (``loraprune ...`` from the Hydra entry point)."""
+    """The command that reproduces this run, as a user types it.
+
+    Inside a Hydra job it is ``loraprune`` with the job's own overrides (one job of a sweep, not the
+    sweep); elsewhere this process's command line (``argv``, default ``sys.argv``).
+    """
+    if argv is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            if HydraConfig.initialized():
+                return " ".join(["loraprune", *(shlex.quote(o) for o in HydraConfig.get().overrides.task)])
+        except ImportError:
+            pass
     argv = list(sys.argv if argv is None else argv)
     prog = Path(argv[0]).name if argv else "loraprune"
     if prog == "__main__.py":

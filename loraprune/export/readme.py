@@ -63,7 +63,7 @@ def render(
     else:
         what = "whole attention heads and MLP channels are removed, so the model is smaller and dense"
     out += [
-        f"**{base}** pruned with **{method}** by loraprune: {what}. "
+        f"**{base}**, pruned with **{method}** (loraprune): {what}. "
         f"Weights in {dtype}; the checkpoint loads as `{architecture}`.",
         "",
     ]
