@@ -53,7 +53,8 @@ def render(
     meta["tags"] = tags_for(card, form)
     out = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", ""]
     base = card.base_name or card.base_model or "A LLaMA-family model"
-    method = card.method or "structured pruning"
+    kind = f"{card.pattern} semi-structured pruning" if card.pattern else "structured pruning"
+    method = card.method or kind
     out += [f"# {Path(str(card.base_model or base)).name} pruned with {method}", ""]
     if card.pattern:
         n = card.pattern.split(":")[0]
