@@ -27,10 +27,10 @@ def measure(criterion: str, model_source: str, batch: int, seq: int) -> dict:
     from loraprune.core.structure import Geometry, default_excluded_layers
     from loraprune.criteria import build_criterion
     from loraprune.pruners import GroupPruner, PrunerSettings
+    from loraprune.run.adapters import add_lora
     from loraprune.run.config import LoraPruneConfig
     from loraprune.run.memory import PeakMemory
     from loraprune.run.models import load_model
-    from loraprune.run.adapters import add_lora
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _ = load_model(model_source, dtype="auto", device=device)

@@ -429,3 +429,14 @@ def test_eval_groups_compose():
     assert (paper.ppl_sets, paper.seq_len, paper.zeroshot.tasks) == (list(PAPER_SETS), 2048, list(TASKS))
     emb = to_config(compose("eval=embedded_zeroshot")).eval
     assert emb.zeroshot.limit == 100 and emb.ppl_sets == list(EMBEDDED_SETS)
+
+
+def test_random_weight_runs_are_marked(tmp_path):
+    """Runs on random weights (model.source=shape or tiny) say so in every row and table."""
+    run_dir = write_run(tmp_path / "shape", "r", method="loraprune", ratio=0.2, ppl=48000.0, zeroshot=None)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["run"]["weights"] = "random"
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    rows = collect_rows(tmp_path / "shape")
+    assert rows and all(r.model.endswith("(random weights)") for r in rows)
+    assert "(random weights)" in to_markdown(build_tables(rows, reference="none"))

@@ -180,8 +180,9 @@ def rows_from_metrics(
     one-shot result before LoRA recovery."""
     run = metrics.get("run", {})
     pattern = (metrics.get("semistructured") or {}).get("pattern")
+    random_weights = run.get("weights") == "random"  # model.source=shape / tiny: memory and speed only
     base = Row(
-        model=str(run.get("model")),
+        model=str(run.get("model")) + (" (random weights)" if random_weights else ""),
         method=str(run.get("method")),
         ratio=0.0 if pattern else float(run.get("ratio", 0.0)),  # N:M runs: the pattern identifies them
         eval_seq_len=metrics.get("eval", {}).get("seq_len"),

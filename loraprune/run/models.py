@@ -185,6 +185,14 @@ def model_location(source: str, path: str | None) -> str | None:
     return path
 
 
+def model_path(model_cfg) -> str | None:
+    """Where a ``model`` config node loads from: its ``path``, or for ``source=shape`` the shape it
+    selects (``shape``, else the preset's name, else its hub path)."""
+    if model_cfg.source == "shape":
+        return shapes.shape_of(model_cfg)
+    return model_cfg.path
+
+
 def load_config(
     source: str,
     path: str | None,

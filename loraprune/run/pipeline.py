@@ -29,8 +29,9 @@ from loraprune.run.checkpoint import save_pruned, write_json, write_text
 from loraprune.run.config import LoraPruneConfig
 from loraprune.run.loggers import Logger, build_logger
 from loraprune.run.memory import PeakMemory
-from loraprune.run.models import load_model
+from loraprune.run.models import load_model, model_path
 from loraprune.run.resolve import ConfigError, RunPlan, resolve
+from loraprune.run.shapes import weights_kind
 from loraprune.run.train import PruningHooks, finetune, steps_for
 
 log = logging.getLogger("loraprune")
@@ -112,7 +113,7 @@ def load(plan: RunPlan):
     torch.manual_seed(t.seed)
     model, tokenizer = load_model(
         m.source,
-        m.path,
+        model_path(m),
         tiny=m.tiny,
         dtype=t.dtype,
         device=t.device,
@@ -155,6 +156,7 @@ def describe_run(plan: RunPlan, steps: int, model) -> dict[str, Any]:
         "run": {
             "dir": str(plan.run_dir),
             "model": cfg.model.name,
+            "weights": weights_kind(cfg.model),
             "method": cfg.method.name,
             "criterion": cfg.method.criterion,
             "ratio": cfg.prune.ratio,

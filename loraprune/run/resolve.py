@@ -29,7 +29,7 @@ from loraprune.core.surgery import count_parameters
 from loraprune.criteria import CRITERIA, build_options
 from loraprune.pruners import PrunerSettings
 from loraprune.run.config import LoraPruneConfig
-from loraprune.run.models import load_config, model_location, resolve_device, resolve_dtype
+from loraprune.run.models import load_config, model_location, model_path, resolve_device, resolve_dtype
 
 SCHEDULES = ("cubic", "linear", "one_shot")
 
@@ -208,7 +208,7 @@ def _validate_sources(cfg: LoraPruneConfig) -> None:
     try:
         device = resolve_device(cfg.trainer.device)
         resolve_dtype(cfg.trainer.dtype, device)
-        model_location(cfg.model.source, cfg.model.path)
+        model_location(cfg.model.source, model_path(cfg.model))
         data.validate_finetune_source(cfg.data.name, kind=cfg.data.kind, mirror=cfg.data.mirror)
         for name in cfg.eval.ppl_sets:
             data.validate_eval_source(name, mirror=cfg.data.mirror)
@@ -225,7 +225,7 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
     validate(cfg)
     m, p = cfg.model, cfg.prune
     try:
-        config = load_config(m.source, m.path, m.tiny, m.revision)
+        config = load_config(m.source, model_path(m), m.tiny, m.revision)
     except OSError as e:  # hub id unknown or unreachable, unreadable local files
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"cannot load the config of model {m.path or m.source!r}: {first_line}") from e

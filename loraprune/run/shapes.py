@@ -205,7 +205,10 @@ def random_model(
     """The model ``config`` describes, created directly on ``device`` in ``dtype`` (no float32 copy on
     the CPU first) and initialised from its own generator seeded with ``seed`` (the global RNG is left
     untouched): Linear and embedding weights N(0, initializer_range), norms 1, biases 0."""
-    from transformers.initialization import no_init_weights
+    try:
+        from transformers.initialization import no_init_weights  # transformers 5.x
+    except ImportError:  # 4.57
+        from transformers.modeling_utils import no_init_weights
 
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     device = torch.device(device)
