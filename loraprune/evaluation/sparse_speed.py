@@ -4,7 +4,8 @@ The kernels (CUTLASS or cuSPARSELt) exist on CUDA GPUs of compute capability 8.0
 and bfloat16 weights whose sizes meet the backend's minimum shapes. :func:`unsupported_reason` says why
 they cannot run here (``None`` when they can); :func:`measure` times a forward of the model with dense
 weights against the same model with its 2:4 projections converted, and every distinct projection shape
-on its own, side by side in one process.
+on its own, side by side in one process. :func:`two_four_by_magnitude` imposes magnitude 2:4 on a whole
+model and :func:`report_lines` formats a result: the benchmark ``scripts/bench_semistructured.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loraprune.core.structure import decoder_layers, projection
+from loraprune.core.nm import nm_keep_mask
+from loraprune.core.structure import ALL_PROJECTIONS, decoder_layers, projection
 
 SPARSE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -25,6 +27,20 @@ SPARSE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 def _two_four(rows: int, cols: int, device, dtype) -> torch.Tensor:
     pattern = torch.tensor([1.0, 1.0, 0.0, 0.0], device=device, dtype=dtype)
     return torch.randn(rows, cols, device=device, dtype=dtype) * pattern.repeat(rows, cols // 4)
+
+
+@torch.no_grad()
+def two_four_by_magnitude(model: nn.Module) -> dict[tuple[int, str], torch.Tensor]:
+    """Zero the 2 smallest ``|W|`` of every 4 consecutive inputs in every projection of every decoder
+    layer, in place; returns the keep masks by ``(layer, projection)`` (what :func:`measure` takes)."""
+    masks = {}
+    for i, layer in enumerate(decoder_layers(model)):
+        for name in ALL_PROJECTIONS:
+            weight = projection(layer, name).weight
+            keep = nm_keep_mask(weight.abs().float(), 2, 4)
+            weight.mul_(keep.to(weight.dtype))
+            masks[(i, name)] = keep
+    return masks
 
 
 def unsupported_reason(device: torch.device | str, dtype: torch.dtype = torch.float16) -> str | None:
@@ -155,3 +171,25 @@ def measure(
         "max_rel_logit_diff": rel_err,
         "per_shape": per_shape,
     }
+
+
+def report_lines(result: Mapping[str, Any], model: str) -> list[str]:
+    """A :func:`measure` result as the benchmark prints it: per projection shape, then the whole forward."""
+    batch, seq = result["batch"]
+    lines = [
+        f"model={model} batch={batch}x{seq} dtype={result['dtype']} device={result['device']}",
+        f"  {'shape':>14s} {'dense ms':>9s} {'2:4 ms':>9s} {'speedup':>8s}",
+    ]
+    for row in result["per_shape"]:
+        shape = "x".join(map(str, row["shape"]))
+        if "skipped" in row:
+            lines.append(f"  {shape:>14s}  skipped: {row['skipped']}")
+            continue
+        lines.append(f"  {shape:>14s} {row['dense_ms']:9.3f} {row['sparse_ms']:9.3f} {row['speedup']:7.2f}x")
+    lines.append(
+        f"  whole forward: dense {result['model_dense_ms']:.2f} ms, 2:4 {result['model_sparse_ms']:.2f} ms, "
+        f"dense / 2:4 = {result['model_speedup']:.2f}x ({result['converted_projections']} projections "
+        f"converted, max relative logit difference {result['max_rel_logit_diff']:.2e})"
+    )
+    lines += [f"  left dense: {line}" for line in result["dense_projections_refused"]]
+    return lines
