@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CONF, compose
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
@@ -13,6 +14,18 @@ from loraprune.run.resolve import ConfigError, validate
 GROUPS = sorted(
     p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "debug", "local")
 )
+# Options valid only with another, and the fix their refusal names: SparseGPT prunes N:M patterns only.
+NEEDS = {"method=sparsegpt": ("prune=nm", "use prune=nm")}
+
+
+def validate_here(cfg) -> None:
+    """``validate(cfg)`` on this machine: a config on CUDA where there is none must be refused at the
+    device check; the rest of it is then validated for the CPU."""
+    if cfg.trainer.device.startswith("cuda") and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            validate(cfg)
+        cfg.trainer.device = "cpu"
+    validate(cfg)
 
 
 @pytest.mark.parametrize(
@@ -21,12 +34,17 @@ GROUPS = sorted(
     + [f"experiment={p.stem}" for p in sorted((CONF / "experiment").glob("*.yaml"))]
     + [f"debug={p.stem}" for p in sorted((CONF / "debug").glob("*.yaml"))],
 )
-def test_every_config_composes_to_a_typed_config(override):
+def test_every_config_composes_to_a_typed_config_and_validates(override):
     cfg = to_config(compose(override))
     if cfg.prune.pattern is None:
         assert 0 <= cfg.prune.ratio < 1
     else:  # N:M fixes the sparsity itself
         assert cfg.prune.ratio is None and cfg.prune.pattern == "2:4"
+    if override in NEEDS:
+        with pytest.raises(ConfigError, match=NEEDS[override][1]):
+            validate(cfg)
+        cfg = to_config(compose(override, NEEDS[override][0]))
+    validate_here(cfg)
 
 
 def test_unknown_key_fails():
@@ -101,6 +119,7 @@ def test_criterion_options_are_typed_at_compose_time():
     """A method preset's options are its criterion's options dataclass: a typo fails when composing."""
     cfg = to_config(compose("method=llm_pruner", "method.options.taylor=mix"))
     assert cfg.method.options.taylor == "mix"
+    validate(cfg)
     with pytest.raises((ConfigCompositionException, ValidationError), match="taylr"):
         compose("method=llm_pruner", "method.options.taylr=mix")
     with pytest.raises((ConfigCompositionException, ValidationError)):
