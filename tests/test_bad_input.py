@@ -1,0 +1,64 @@
+"""Bad input ends with one clear line before any weight is loaded, and nothing already written is lost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import OFFLINE_ENV, compose
+
+from loraprune.run.pipeline import to_config
+from loraprune.run.resolve import ConfigError, resolve
+
+
+def _resolve(*overrides: str):
+    return resolve(to_config(compose("debug=tiny", *overrides)))
+
+
+def test_output_dir_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="cannot create the run directory"):
+        _resolve(f"output_dir={blocker / 'run'}")
+
+
+def test_eval_window_beyond_the_models_positions(tmp_path):
+    expected = r"eval.seq_len 100000 exceeds the model's maximum positions \(2048\)"
+    with pytest.raises(ConfigError, match=expected):
+        _resolve("eval.seq_len=100000", f"output_dir={tmp_path / 'run'}")
+
+
+def test_a_finished_run_is_not_replaced_unless_asked(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"objective": 1.0}))
+    with pytest.raises(ConfigError, match="already holds a finished run.*overwrite=true"):
+        _resolve(f"output_dir={run_dir}")
+    assert _resolve(f"output_dir={run_dir}", "overwrite=true").run_dir == run_dir
+    assert json.loads((run_dir / "metrics.json").read_text()) == {"objective": 1.0}  # resolve writes nothing
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "empty"), (b"\xff\xfe caf\xe9 \x00\x81", "UTF-8")],
+    ids=["empty", "not-utf8"],
+)
+def test_unusable_fine_tune_file_is_one_line_from_the_cli(tmp_path, content, message):
+    data = tmp_path / "train.txt"
+    data.write_bytes(content)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "loraprune", "debug=tiny", f"data.name={data}", f"output_dir={out}"],
+        cwd=tmp_path,
+        env=OFFLINE_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("loraprune: error:") and message in last, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()  # a refused run leaves nothing behind
