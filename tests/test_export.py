@@ -473,3 +473,23 @@ def test_cli_command_is_the_hydra_jobs_own_overrides():
     finally:
         HydraConfig.instance().cfg = None
     assert cli_command(["/bin/loraprune", "a=1"]) == "loraprune a=1"
+
+
+def test_a_per_layer_checkpoint_with_uniform_widths_exports_stock(tmp_path, tokens):
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    model, tok = load_model("tiny", tiny=CASES["mha"], dtype="float32", device="cpu")
+    geo = Geometry.from_config(model.config)
+    keep = LayerKeep(q_heads=[1, 3], kv_heads=[1, 3], channels=list(range(64)))
+    plan = PruningPlan(geo, "kv_group", {i: keep for i in range(geo.num_layers)})
+    apply_plan(model, plan)
+    save_pruned(model, tok, plan, tmp_path / "run" / "model", form="per_layer")
+    assert (tmp_path / "run" / "model" / "modeling_pruned_llama.py").is_file()
+    cli.main([str(tmp_path / "run"), "--out", str(tmp_path / "stock"), "--form", "stock"])
+    config = json.loads((tmp_path / "stock" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
+    assert "auto_map" not in config and "layer_num_attention_heads" not in config
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "stock")
+    assert type(plain) is LlamaForCausalLM
+    with torch.no_grad():
+        assert torch.equal(plain(input_ids=tokens).logits, model(input_ids=tokens).logits)

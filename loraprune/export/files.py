@@ -29,10 +29,11 @@ def copy_modeling_files(directory: Path) -> None:
         shutil.copyfile(EXPORT_DIR / name, Path(directory) / name)
 
 
-def finish_config_json(path: Path, per_layer: bool) -> dict[str, Any]:
+def finish_config_json(path: Path, per_layer: bool, architecture: str | None = None) -> dict[str, Any]:
     """Rewrite a saved ``config.json`` so it loads alike under transformers 4.57 and 5.x.
 
-    The per-layer form names its class and ``auto_map``. Configs written by transformers 5 keep RoPE in
+    The per-layer form names its class and ``auto_map``; ``architecture`` overrides the class named
+    otherwise (a per-layer model saved as stock LLaMA). Configs written by transformers 5 keep RoPE in
     ``rope_parameters``, which 4.x does not read: ``rope_theta`` (and ``rope_scaling`` for scaled RoPE)
     are added next to it, which 5.x reads back to the same ``rope_parameters``.
     """
@@ -41,6 +42,9 @@ def finish_config_json(path: Path, per_layer: bool) -> dict[str, Any]:
     if per_layer:
         data["architectures"] = [PER_LAYER_ARCHITECTURE]
         data["auto_map"] = dict(AUTO_MAP)
+    elif architecture:
+        data["architectures"] = [architecture]
+        data.pop("auto_map", None)
     rope = data.get("rope_parameters")
     if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in data:
         data["rope_theta"] = rope["rope_theta"]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+from transformers import LlamaConfig
 
 from loraprune.core.structure import Geometry, decoder_layers
 from loraprune.export.configuration_pruned_llama import LAYER_WIDTH_FIELDS, PrunedLlamaConfig
@@ -89,13 +90,21 @@ def clean_config_dict(config) -> dict[str, Any]:
 def stock_config(config, widths: LayerWidths):
     """A config of the model's own class stating uniform ``widths``, or None where it cannot.
 
-    It cannot when the layers differ, when the class is the per-layer one, or when the class refuses the
-    widths; and it does not when the head count does not divide the hidden size (transformers 5 refuses
-    such a LLaMA config at load, so a checkpoint saved under 4.x would not travel).
+    It cannot when the layers differ or when the class refuses the widths (a per-layer config becomes
+    a plain ``LlamaConfig`` when its biases are LLaMA's); and it does not when the head count does not
+    divide the hidden size (transformers 5 refuses such a LLaMA config at load, so a checkpoint saved
+    under 4.x would not travel).
     """
     uniform = widths.uniform()
-    if uniform is None or isinstance(config, PrunedLlamaConfig):
+    if uniform is None:
         return None
+    config_class, base = type(config), clean_config_dict(config)
+    if isinstance(config, PrunedLlamaConfig):  # back to plain LLaMA, if its biases are LLaMA's
+        if config.attention_out_bias != config.attention_bias:
+            return None
+        config_class = LlamaConfig
+        for key in ("model_type", "architectures"):
+            base.pop(key, None)
     if config.hidden_size % uniform["num_attention_heads"]:
         log.info(
             "%d query heads do not divide hidden size %d: a per-layer checkpoint is written",
@@ -104,7 +113,7 @@ def stock_config(config, widths: LayerWidths):
         )
         return None
     try:
-        stock = type(config).from_dict({**clean_config_dict(config), **uniform, "head_dim": widths.head_dim})
+        stock = config_class.from_dict({**base, **uniform, "head_dim": widths.head_dim})
         if hasattr(stock, "validate"):
             stock.validate()
     except Exception as e:  # noqa: BLE001 - config classes raise their own validation errors
@@ -211,6 +220,8 @@ def _forget_per_layer(config) -> None:
     if _has_native_per_layer_config(config) and "_heterogeneity_spec" in config.__dict__:
         config.per_layer_config = None
     config.__dict__.pop("allow_global_per_layer_attribute_access", None)
-    if not isinstance(config, PrunedLlamaConfig):
-        for name in LAYER_WIDTH_FIELDS:
+    for name in LAYER_WIDTH_FIELDS:
+        if isinstance(config, PrunedLlamaConfig):
+            setattr(config, name, None)
+        else:
             config.__dict__.pop(name, None)

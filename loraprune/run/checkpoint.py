@@ -112,7 +112,12 @@ def save_pruned(
             model.save_pretrained(tmp, safe_serialization=True)
         finally:
             model.config = original
-        data = finish_config_json(tmp / "config.json", per_layer=chosen == "per_layer")
+        plain_llama = chosen == "stock" and isinstance(original, PrunedLlamaConfig)
+        data = finish_config_json(
+            tmp / "config.json",
+            per_layer=chosen == "per_layer",
+            architecture="LlamaForCausalLM" if plain_llama else None,
+        )
         if chosen == "per_layer":
             copy_modeling_files(tmp)
         if tokenizer is not None:
