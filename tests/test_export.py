@@ -20,8 +20,8 @@ from loraprune.core.nm import is_nm_sparse, nm_keep_mask
 from loraprune.core.plan import LayerKeep, PruningPlan
 from loraprune.core.structure import ALL_PROJECTIONS, Geometry, decoder_layers, projection
 from loraprune.core.surgery import apply_plan
-from loraprune.export import cli
 from loraprune.export.card import ModelCard, front_matter
+from loraprune.run import export_cli as cli
 from loraprune.run.models import TinySpec, load_model
 
 CASES = {

