@@ -65,6 +65,7 @@ for job in jobs:
                   do_sample=False, pad_token_id=model.config.eos_token_id)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
+    tokenizer = AutoTokenizer.from_pretrained(job["dir"], trust_remote_code=True)
     result = {
         "class": type(model).__name__,
         "transformers": transformers.__version__,
@@ -73,7 +74,7 @@ for job in jobs:
         "static": model.generate(ids, cache_implementation="static", **kwargs),
         "zeros": {n: (p == 0) for n, p in model.named_parameters() if n.endswith("proj.weight")},
         "loraprune_modules": sorted(m for m in sys.modules if m.split(".")[0] == "loraprune"),
-        "tokens": AutoTokenizer.from_pretrained(job["dir"])("Pruned models travel.").input_ids,
+        "tokens": tokenizer("Pruned models travel.").input_ids,
     }
     torch.save(result, job["out"])
 """

@@ -201,7 +201,7 @@ def _usage(card: ModelCard, form: str, architecture: str, model_id: str) -> list
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
         f'model = AutoModelForCausalLM.from_pretrained("{model_id}"{trust})',
-        f'tokenizer = AutoTokenizer.from_pretrained("{model_id}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_id}"{trust})',
         'inputs = tokenizer("The capital of France is", return_tensors="pt")',
         "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))",
         "```",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -36,16 +37,23 @@ def model_dir_of(run_dir: Path) -> Path:
 
 
 def card_of(run_dir: Path, model_dir: Path) -> ModelCard:
-    """The card saved with the model, else one built from the run's metrics.json and config.yaml."""
-    saved = model_dir / CARD_DATA_FILE
-    if saved.is_file():
-        return ModelCard.from_dict(json.loads(saved.read_text()))
-    metrics = run_dir / "metrics.json"
-    config = run_dir / "config.yaml"
-    return ModelCard.from_run(
+    """The card saved with the model, completed from the run's files where it lacks something:
+    ``metrics.json``, ``config.yaml`` and the command from Hydra's ``.hydra/overrides.yaml``."""
+    metrics, config = run_dir / "metrics.json", run_dir / "config.yaml"
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    command = None
+    if overrides.is_file():
+        words = [str(o) for o in yaml.safe_load(overrides.read_text()) or []]
+        command = " ".join(["loraprune", *(shlex.quote(w) for w in words)])
+    card = ModelCard.from_run(
         json.loads(metrics.read_text()) if metrics.is_file() else None,
         yaml.safe_load(config.read_text()) if config.is_file() else None,
-    )
+        command,
+    ).to_dict()
+    saved = model_dir / CARD_DATA_FILE
+    if saved.is_file():
+        card.update({k: v for k, v in json.loads(saved.read_text()).items() if v not in (None, "", [], {})})
+    return ModelCard.from_dict(card)
 
 
 def check_can_push() -> str:
