@@ -494,3 +494,18 @@ def test_a_per_layer_checkpoint_with_uniform_widths_exports_stock(tmp_path, toke
     assert type(plain) is LlamaForCausalLM
     with torch.no_grad():
         assert torch.equal(plain(input_ids=tokens).logits, model(input_ids=tokens).logits)
+
+
+def test_export_completes_a_bare_card_from_the_run_files(tmp_path):
+    model, tok, plan = pruned_tiny(CASES["gqa"])
+    run = tmp_path / "run"
+    save_pruned(model, tok, plan, run / "model")  # no card content, as the pipeline before #13's keywords
+    metrics, config = _card_inputs()
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["prune.ratio=0.5", "output_dir=/tmp/x y"]))
+    cli.main([str(run), "--out", str(tmp_path / "out")])
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert front_matter(text)["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "45.500" in text and "loraprune prune.ratio=0.5 'output_dir=/tmp/x y'" in text
