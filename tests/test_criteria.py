@@ -117,3 +117,14 @@ def test_moving_average_and_nan_skip():
     first = MovingAverage(beta=0.5, init="first")
     first.update({(0, "a"): torch.tensor([2.0])})
     assert torch.allclose(first.get((0, "a")), torch.tensor([2.0]))
+
+
+def test_moving_average_is_exactly_the_formula():
+    """Ī ← λĪ + (1−λ)I to the last bit over many updates (rounding flips near-tied groups otherwise)."""
+    g = torch.Generator().manual_seed(0)
+    ema, expected = MovingAverage(beta=0.9), torch.zeros(1000)
+    for _ in range(20):
+        s = torch.rand(1000, generator=g)
+        ema.update({(0, "mlp"): s})
+        expected = 0.9 * expected + (1 - 0.9) * s
+    assert torch.equal(ema.get((0, "mlp")), expected)

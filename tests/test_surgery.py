@@ -122,9 +122,7 @@ def test_uniformly_pruned_model_loads_with_plain_from_pretrained(tokens, tmp_pat
     geo = Geometry.from_config(model.config)
     pm = _lora(model)
     settings = PrunerSettings(ratio=0.5, attention_unit="query_head", excluded_layers=[])
-    pruner = GroupPruner(
-        pm, geo, build_criterion("magnitude"), settings, build_schedule("one_shot", 0.5, 1)
-    )
+    pruner = GroupPruner(pm, geo, build_criterion("magnitude"), settings, build_schedule("one_shot", 0.5, 1))
     pruner.advance_to(0.5)
     plan = pruner.plan()
     pruner.remove_hooks()

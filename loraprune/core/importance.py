@@ -72,7 +72,9 @@ class MovingAverage:
             if prev is None:
                 init = s if self.init == "first" else torch.zeros_like(s)
                 prev = self.values[key] = init.to(torch.float32, copy=True)
-            prev.mul_(self.beta).add_(s.to(prev.dtype), alpha=1.0 - self.beta)
+            # (1−λ)·I rounded on its own, as λĪ + (1−λ)I computes it (a fused alpha-add rounds
+            # differently in the last bit, enough to flip near-tied groups over a run)
+            prev.mul_(self.beta).add_(s.to(prev.dtype) * (1.0 - self.beta))
         self.updates += 1
         return True
 

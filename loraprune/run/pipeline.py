@@ -23,6 +23,7 @@ from loraprune.core.surgery import count_parameters, decoder_parameters
 from loraprune.criteria import build_criterion
 from loraprune.evaluation import sparse_speed
 from loraprune.evaluation.ppl import perplexity, tokenize_stream
+from loraprune.export.card import cli_command
 from loraprune.pruners import CalibrationData, Pruner, PruneResult, build_pruner
 from loraprune.run.adapters import add_lora
 from loraprune.run.checkpoint import save_pruned, write_json, write_text
@@ -231,7 +232,11 @@ def finish(model, tokenizer, plan: RunPlan, result: PruneResult, metrics, logger
     """Save the model, time the 2:4 kernels, write metrics.json, log the results."""
     cfg, run_dir = plan.cfg, plan.run_dir
     if cfg.save_model:
-        save_pruned(model, tokenizer, result.plan, run_dir / "model")
+        config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+        model_dir = run_dir / "model"  # with its model card: results, the command, the resolved config
+        save_pruned(
+            model, tokenizer, result.plan, model_dir, metrics=metrics, config=config, command=cli_command()
+        )
         metrics["model_dir"] = str(run_dir / "model")
     if result.nm_masks is not None and cfg.eval.sparse_speed:  # last: converts the weights in place
         dtype = "bfloat16" if next(model.parameters()).dtype == torch.bfloat16 else "float16"
