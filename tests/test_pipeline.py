@@ -27,6 +27,9 @@ def test_cli_run_writes_everything(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hydra", "run"]
     model = load_pruned(out / "model")
     assert sum(p.numel() for p in model.parameters()) == metrics["params"]["total_after"]
+    card = (out / "model" / "README.md").read_text()  # the run's own card: results, command, config
+    assert f"| news_embedded | {metrics['dense']['ppl']['news_embedded']:.3f} |" in card
+    assert f"loraprune debug=tiny output_dir={out}" in card and "Resolved config" in card
 
 
 def test_run_reports_exact_parameter_reduction(tmp_path):
