@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from loraprune.run.failure import FAILED, TRACEBACK
+
 log = logging.getLogger("loraprune")
 
 CHECKPOINTS = "checkpoints"
@@ -103,7 +105,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def start_fresh(run_dir: Path) -> None:
     """Forget what an earlier attempt left: its checkpoints, step log and failure record."""
     shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
-    for name in (STEPS_LOG, "metrics.json", "failed.json", "failed.traceback.txt"):
+    for name in (STEPS_LOG, "metrics.json", FAILED, TRACEBACK):
         (Path(run_dir) / name).unlink(missing_ok=True)
 
 
@@ -125,7 +127,7 @@ def prepare_resume(run_dir: Path) -> int:
             except (ValueError, KeyError, TypeError):  # a line cut short by the kill
                 continue
         path.write_text("".join(kept), encoding="utf-8")
-    for name in ("failed.json", "failed.traceback.txt"):
+    for name in (FAILED, TRACEBACK):
         (Path(run_dir) / name).unlink(missing_ok=True)
     return step
 
