@@ -118,3 +118,37 @@ def test_resume_refuses_another_config(tmp_path):
             to_config(compose(*RUN, f"output_dir={out}", "resume=true", "prune.ratio=0.3", "trainer.lr=1e-3"))
         )
     assert resolve(to_config(compose(*RUN, f"output_dir={out}", "overwrite=true", "prune.ratio=0.3")))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [("prune=nm",), ("method=random",)],
+    ids=["nm_2of4", "random"],
+)
+def test_crashed_run_resumes_in_process(tmp_path, monkeypatch, overrides):
+    """N:M (masks held by the LoRA updates, zeroed weights) and the random criterion (its generator) come
+    back from a checkpoint as they were: a run that crashed at step 3 ends as the uninterrupted one."""
+    from loraprune.run.loggers import JsonlLogger
+
+    base = ("debug=tiny", "trainer.steps=6", "trainer.save_every=2", "save_model=false", *overrides)
+    reference = _one_thread(compose(*base, f"output_dir={tmp_path / 'reference'}"))
+    log_step = JsonlLogger.log_step
+
+    def crash_at_5(self, record):
+        if record["step"] == 3:
+            raise RuntimeError("crash")
+        log_step(self, record)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(JsonlLogger, "log_step", crash_at_5)
+        with pytest.raises(RuntimeError, match="crash"):
+            _one_thread(compose(*base, f"output_dir={out}"))
+    assert resume.checkpoint_step(resume.latest_checkpoint(out)) == 2
+    metrics = _one_thread(compose(*base, f"output_dir={out}", "resume=true"))
+    assert [r["loss"] for r in _steps(out)] == [r["loss"] for r in _steps(tmp_path / "reference")]
+    assert metrics["kept_per_layer"] == reference["kept_per_layer"]
+    assert metrics.get("semistructured", {}).get("sparsity") == reference.get("semistructured", {}).get(
+        "sparsity"
+    )
+    assert metrics["pruned"]["ppl"] == reference["pruned"]["ppl"]
