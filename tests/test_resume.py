@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def _one_thread(cfg) -> dict:
         torch.set_num_threads(threads)
 
 
-def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
+def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, caplog):
     out = tmp_path / "run"
     out.mkdir()
     # 1. killed while writing the checkpoint of step 8: step 4's stays the latest complete one
@@ -79,8 +80,11 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
     assert second.returncode == -signal.SIGKILL, second.stderr.read().decode()[-2000:]
     assert not (out / "metrics.json").exists()
     assert resume.checkpoint_step(resume.latest_checkpoint(out)) >= 8
-    # 3. resumed to the end (in this process, on one thread as the killed ones)
-    metrics = _one_thread(compose(*RUN, f"output_dir={out}", "resume=true"))
+    # 3. resumed to the end (in this process, on one thread as the killed ones): the dense model's
+    # metrics come from the checkpoint, not a second evaluation
+    with caplog.at_level(logging.INFO, logger="loraprune"):
+        metrics = _one_thread(compose(*RUN, f"output_dir={out}", "resume=true"))
+    assert "resumed from" in caplog.text and "dense ppl" not in caplog.text
     assert metrics == json.loads((out / "metrics.json").read_text())
 
     reference = _one_thread(compose(*RUN, "trainer.save_every=0", f"output_dir={tmp_path / 'reference'}"))
@@ -95,6 +99,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
     )  # identical masks
     assert metrics["kept_per_layer"] == reference["kept_per_layer"]
     assert metrics["pruned"]["ppl"] == pytest.approx(reference["pruned"]["ppl"], rel=1e-6)
+    assert metrics["dense"] == reference["dense"]
     assert metrics["train"] == pytest.approx(reference["train"], rel=1e-6)
     assert not (out / "checkpoints").exists()  # a finished run keeps no checkpoint
 

@@ -33,7 +33,13 @@ from loraprune.run.loggers import Logger, build_logger
 from loraprune.run.memory import PeakMemory
 from loraprune.run.models import load_model, model_path
 from loraprune.run.resolve import ConfigError, RunPlan, resolve
-from loraprune.run.resume import Checkpointer, prepare_resume, remove_checkpoints, start_fresh
+from loraprune.run.resume import (
+    Checkpointer,
+    earlier_metrics,
+    prepare_resume,
+    remove_checkpoints,
+    start_fresh,
+)
 from loraprune.run.shapes import weights_kind
 from loraprune.run.train import PruningHooks, finetune, steps_for
 
@@ -66,8 +72,9 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
         streams = load_eval_streams(plan, tokenizer)
         samples, steps = load_finetune_data(plan, tokenizer)
         metrics = describe_run(plan, steps, model)
+        earlier = earlier_metrics(plan.run_dir) if plan.cfg.resume else {}  # measured before the kill
         if plan.cfg.eval.dense:
-            metrics["dense"] = evaluate(model, tokenizer, plan.cfg, streams, "dense")
+            metrics["dense"] = earlier.get("dense") or evaluate(model, tokenizer, plan.cfg, streams, "dense")
         with PeakMemory() as memory:
             peft_model = add_lora(model, plan.cfg.lora)
             pruner = make_pruner(peft_model, plan, steps)
@@ -77,7 +84,9 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
             )
             pruner.prepare(calibration)
             if pruner.prunes_at_start and steps > 0:  # the one-shot result before LoRA recovery (masks on)
-                metrics["pruned_before_recovery"] = evaluate_ppl(peft_model, plan.cfg, streams, "one-shot")
+                metrics["pruned_before_recovery"] = earlier.get("pruned_before_recovery") or evaluate_ppl(
+                    peft_model, plan.cfg, streams, "one-shot"
+                )
             metrics["train"] = finetune(
                 peft_model,
                 samples,
@@ -86,7 +95,7 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
                 tokenizer.pad_token_id,
                 PruningHooks(pruner, steps),
                 logger.log_step,
-                Checkpointer(plan.run_dir, plan.cfg.trainer.save_every, resume=bool(plan.cfg.resume)),
+                Checkpointer(plan.run_dir, plan.cfg.trainer.save_every, bool(plan.cfg.resume), metrics),
             )
             result = pruner.finalize()
         model = result.apply(peft_model)

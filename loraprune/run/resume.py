@@ -34,6 +34,7 @@ log = logging.getLogger("loraprune")
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"
 STEPS_LOG = "steps.jsonl"
+METRICS_SO_FAR = "metrics_so_far.json"
 # test hook: SIGKILL this process in the middle of writing the checkpoint of this step
 KILL_IN_WRITE_ENV = "LORAPRUNE_TEST_KILL_IN_CHECKPOINT"
 
@@ -132,6 +133,14 @@ def prepare_resume(run_dir: Path) -> int:
     return step
 
 
+def earlier_metrics(run_dir: Path) -> dict[str, Any]:
+    """The metrics the run had measured when its latest checkpoint was written (the dense model's, ...),
+    so a resumed run need not evaluate them again; empty without a checkpoint."""
+    ckpt = latest_checkpoint(run_dir)
+    path = ckpt / METRICS_SO_FAR if ckpt is not None else None
+    return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.exists() else {}
+
+
 def remove_checkpoints(run_dir: Path) -> None:
     """A finished run's checkpoints are no longer needed (its model and metrics are saved)."""
     shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
@@ -172,11 +181,14 @@ class Checkpointer:
         run_dir: the run directory.
         every: save after every ``every``-th optimizer step (0: never).
         resume: restore the latest checkpoint at the start of the loop.
+        record: the run's metrics so far (JSON-able), saved with each checkpoint (:func:`earlier_metrics`).
     """
 
-    def __init__(self, run_dir: Path, every: int, resume: bool = False) -> None:
+    def __init__(
+        self, run_dir: Path, every: int, resume: bool = False, record: dict[str, Any] | None = None
+    ) -> None:
         self.root = Path(run_dir) / CHECKPOINTS
-        self.every, self.resume = every, resume
+        self.every, self.resume, self.record = every, resume, record
 
     def restore(self, model, optimizer, scheduler, hooks) -> LoopState:
         """Load the latest checkpoint into the model's LoRA weights, the optimizer, the scheduler and the
@@ -228,6 +240,10 @@ class Checkpointer:
         }
         torch.save(state, tmp / "state.pt")
         (tmp / "loop.json").write_text(json.dumps(asdict(loop)) + "\n", encoding="utf-8")
+        if self.record is not None:
+            (tmp / METRICS_SO_FAR).write_text(
+                json.dumps(self.record, indent=1, default=str) + "\n", encoding="utf-8"
+            )
         if final.exists():  # the same step saved again (a resumed run): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
