@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from loraprune.run.config import register_configs
+from loraprune.run.failure import first_line, write_failure
 from loraprune.run.pipeline import run
 from loraprune.run.resolve import ConfigError
 
@@ -19,12 +21,38 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _main(cfg: DictConfig) -> float | None:
+    multirun = _in_multirun()
+    if cfg.resume is None:  # a sweep re-launched in its directory skips finished cells, resumes the others
+        cfg.resume = multirun
     try:
         return run(cfg)["objective"]
     except ConfigError as e:  # a bad input: one clear line, no traceback, nothing left behind
+        if multirun:
+            return _record_failure(e, cfg)
         _discard_hydra_only_run_dir()
         print(f"loraprune: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as e:  # in a sweep one failing job does not stop the others
+        if multirun:
+            return _record_failure(e, cfg)
+        raise
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _record_failure(error: Exception, cfg: DictConfig) -> float:
+    """Write ``failed.json`` into the job's run dir, log the error's first line; NaN for the sweeper."""
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
+    path = write_failure(run_dir, error, cfg)
+    logging.getLogger("loraprune").error("job failed: %s (%s)", first_line(error), path)
+    return float("nan")
 
 
 def _discard_hydra_only_run_dir() -> None:

@@ -68,6 +68,14 @@ class Criterion:
     def release(self) -> None:
         """Free what :meth:`calibrate` collected (after the last prune)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What changes while scoring during fine-tuning (for a checkpoint); none by default.
+        Calibration statistics are not included: they are collected again before the first step."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
     def element_scores(self, module: nn.Module) -> torch.Tensor:
         """One score per weight element of ``module`` (its weight's shape)."""
         raise NotImplementedError(f"criterion {self.name!r} has no element scores")

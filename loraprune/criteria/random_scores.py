@@ -34,6 +34,12 @@ class RandomCriterion(Criterion):
         self.seed = int(self.options.seed)
         self.generator = torch.Generator().manual_seed(self.seed)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
     def element_scores(self, module: nn.Module) -> torch.Tensor:
         shape = lora_tensors(module).weight.shape
         return torch.rand(shape, generator=self.generator)

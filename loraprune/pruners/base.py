@@ -13,6 +13,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -201,6 +202,32 @@ class Pruner(ABC):
         self.release()
         self.remove_hooks()
         return self.result()
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes during fine-tuning: where the schedule stands, the moving average,
+        the criterion's own state and (in subclasses) the masks. Tensors and plain values only."""
+        return {
+            "progress": self.progress,
+            "released": self.released,
+            "ema": {
+                "values": dict(self.ema.values),
+                "updates": self.ema.updates,
+                "skipped": self.ema.skipped,
+            },
+            "criterion": self.criterion.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` on a pruner built and prepared as the saved one was."""
+        self.progress = float(state["progress"])
+        ema = state["ema"]
+        self.ema.values = {k: v.to(torch.float32).clone() for k, v in ema["values"].items()}
+        self.ema.updates, self.ema.skipped = int(ema["updates"]), int(ema["skipped"])
+        self.criterion.load_state_dict(state["criterion"])
+        if state["released"]:
+            self.released = False
+            self.release()
 
     def needs_observation(self) -> None:
         """Raise unless the criterion can score without a training backward (or one was observed)."""

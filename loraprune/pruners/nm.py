@@ -13,6 +13,7 @@ prune from a criterion's own statistics scores projection by projection and keep
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -112,6 +113,21 @@ class NMPruner(Pruner):
         rows, cols = scores.shape
         groups = scores.reshape(rows, cols // self.m, self.m)
         return torch.topk(groups, self.n, dim=-1).values.sum((-1, -2))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "masks": dict(self.masks), "converted": dict(self.converted)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the masks in place (the LoRA updates hold them by reference) and zero the pretrained
+        weights they drop, as switching those rows did."""
+        for i, name, module in self.chosen:
+            keep = self.masks[(i, name)]
+            keep.copy_(state["masks"][(i, name)])
+            self.converted[(i, name)].copy_(state["converted"][(i, name)])
+            weight = pretrained_weight(module)
+            weight.mul_(keep.to(weight.dtype))
+        super().load_state_dict(state)
 
     def result(self) -> PruneResult:
         return PruneResult(PruningPlan(self.geo, self.settings.attention_unit), self.masks, self.pattern)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -92,6 +93,15 @@ class GroupPruner(Pruner):
                 )
             return select_global(scores, count * len(self.prunable), removed)
         return {i: select_lowest(scores[i], count, removed[i], buckets) for i in self.prunable}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "removed": dict(self.masks.removed)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        kinds = {k.name: k for k in self.kinds}
+        for (i, name), removed in state["removed"].items():
+            self.masks.set(i, kinds[name], removed)
+        super().load_state_dict(state)
 
     def result(self) -> PruneResult:
         kept = self.masks.kept_units()

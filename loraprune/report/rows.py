@@ -1,7 +1,8 @@
 """Table rows from run directories: read every ``metrics.json``, aggregate seeds, sort in the paper's order.
 
 Every ``metrics.json`` below a directory (a Hydra multirun, or any tree of runs) becomes one row per
-(model, method, ratio), seeds averaged; the dense model gets its own row.
+(model, method, ratio), seeds averaged; the dense model gets its own row. A sweep cell that failed
+(``failed.json``, :mod:`loraprune.run.failure`) gets a row marked failed, with the error's first line.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from loraprune.run.failure import FAILED, read_failure
 from loraprune.run.results import pct, peak_memory, zeroshot_protocol, zeroshot_scores
 
 log = logging.getLogger("loraprune")
@@ -49,7 +51,7 @@ METHOD_ORDER = (
     "loraprune",
     "loraprune_8bit",
 )
-KIND_ORDER = {"dense": 0, "before_recovery": 1, "run": 2, "paper": 3}
+KIND_ORDER = {"dense": 0, "before_recovery": 1, "run": 2, "failed": 2.5, "paper": 3}
 
 
 @dataclass
@@ -63,7 +65,7 @@ class Row:
     model: str
     method: str
     ratio: float
-    kind: str = "run"  # run | dense | before_recovery | paper
+    kind: str = "run"  # run | dense | before_recovery | failed | paper
     ppl: dict[str, float | None] = field(default_factory=dict)
     tasks: dict[str, float | None] = field(default_factory=dict)
     average: float | None = None
@@ -80,6 +82,7 @@ class Row:
     pattern: str | None = None  # semi-structured N:M runs ("2:4"): the ratio is unused
     sparsity: float | None = None  # N:M runs: percent of the pruned projections' weights zeroed
     zeroshot_protocol: str | None = None  # where the zero-shot data came from: source, split(s), limit
+    error: str | None = None  # failed runs: the error's type and first line
 
     @property
     def ratio_label(self) -> str:
@@ -94,6 +97,9 @@ class Row:
             return f"{base} w/o tune"
         if self.kind == "paper":
             return f"{base} [paper]"
+        if self.kind == "failed":
+            times = f" ×{self.n_runs}" if self.n_runs > 1 else ""
+            return f"{base} (failed{times}: {self.error})"
         if self.n_runs > 1:
             return f"{base} (n={self.n_runs})"
         return base
@@ -197,6 +203,30 @@ def rows_from_metrics(
     return rows
 
 
+def failed_rows(root: str | Path) -> list[Row]:
+    """A row marked failed for every ``failed.json`` below ``root`` whose run has no ``metrics.json``."""
+    root = Path(root)
+    paths = [root] if root.is_file() else sorted(root.rglob(FAILED))
+    rows = []
+    for path in paths:
+        record = read_failure(path)
+        if record is None or (path.parent / "metrics.json").exists():
+            continue
+        run = record["run"]
+        rows.append(
+            Row(
+                model=str(run.get("model")) + (" (random weights)" if run.get("weights") == "random" else ""),
+                method=str(run.get("method")),
+                ratio=0.0 if run.get("pattern") else float(run.get("ratio") or 0.0),
+                kind="failed",
+                pattern=run.get("pattern"),
+                run_dirs=[str(path.parent)],
+                error=str(record["error"]),
+            )
+        )
+    return rows
+
+
 # -------------------------------------------------------------------------------------- aggregation
 def _mean(values: Iterable[float | None]) -> float | None:
     vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -222,7 +252,7 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
     out = []
     for group in groups.values():
         first = group[0]
-        n = len(group) if first.kind == "run" else 1
+        n = len(group) if first.kind in ("run", "failed") else 1
         out.append(
             replace(
                 first,
@@ -267,8 +297,8 @@ def sort_rows(rows: Iterable[Row]) -> list[Row]:
 
 
 def collect_rows(root: str | Path, *, before_recovery: bool = False) -> list[Row]:
-    """All rows below ``root``, aggregated and sorted."""
+    """All rows below ``root`` (failed sweep cells included), aggregated and sorted."""
     rows: list[Row] = []
     for path, metrics in load_metrics(root):
         rows += rows_from_metrics(metrics, path, before_recovery=before_recovery)
-    return aggregate(rows)
+    return aggregate(rows + failed_rows(root))

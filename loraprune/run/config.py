@@ -105,6 +105,7 @@ class TrainerConfig:
     device: str = "auto"
     seed: int = 42
     gradient_checkpointing: bool = False
+    save_every: int = 50  # checkpoint (LoRA, optimizer, pruner, RNG, data position) every N steps; 0: never
 
 
 @dataclass
@@ -152,6 +153,7 @@ class LoraPruneConfig:
     save_model: bool = True
     output_dir: str | None = None
     overwrite: bool = False  # replace a finished run in output_dir (otherwise refused)
+    resume: bool | None = None  # continue output_dir's run from its checkpoint; None: true in a multirun
 
 
 def register_configs() -> None:

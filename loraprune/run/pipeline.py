@@ -7,6 +7,7 @@ config was worked out once by :func:`loraprune.run.resolve.resolve`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict
@@ -32,6 +33,13 @@ from loraprune.run.loggers import Logger, build_logger
 from loraprune.run.memory import PeakMemory
 from loraprune.run.models import load_model, model_path
 from loraprune.run.resolve import ConfigError, RunPlan, resolve
+from loraprune.run.resume import (
+    Checkpointer,
+    earlier_metrics,
+    prepare_resume,
+    remove_checkpoints,
+    start_fresh,
+)
 from loraprune.run.shapes import weights_kind
 from loraprune.run.train import PruningHooks, finetune, steps_for
 
@@ -55,14 +63,18 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
     """Run one fine-tune-and-prune experiment; returns (and writes) its metrics."""
     started = time.time()
     plan = resolve(to_config(cfg))
+    if plan.cfg.resume and not plan.cfg.overwrite and (plan.run_dir / "metrics.json").exists():
+        log.info("%s: finished already; its metrics.json is reported again", plan.run_dir)
+        return json.loads((plan.run_dir / "metrics.json").read_text(encoding="utf-8"))
     logger = start_run_dir(plan)
     try:
         model, tokenizer = load(plan)
         streams = load_eval_streams(plan, tokenizer)
         samples, steps = load_finetune_data(plan, tokenizer)
         metrics = describe_run(plan, steps, model)
+        earlier = earlier_metrics(plan.run_dir) if plan.cfg.resume else {}  # measured before the kill
         if plan.cfg.eval.dense:
-            metrics["dense"] = evaluate(model, tokenizer, plan.cfg, streams, "dense")
+            metrics["dense"] = earlier.get("dense") or evaluate(model, tokenizer, plan.cfg, streams, "dense")
         with PeakMemory() as memory:
             peft_model = add_lora(model, plan.cfg.lora)
             pruner = make_pruner(peft_model, plan, steps)
@@ -72,7 +84,9 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
             )
             pruner.prepare(calibration)
             if pruner.prunes_at_start and steps > 0:  # the one-shot result before LoRA recovery (masks on)
-                metrics["pruned_before_recovery"] = evaluate_ppl(peft_model, plan.cfg, streams, "one-shot")
+                metrics["pruned_before_recovery"] = earlier.get("pruned_before_recovery") or evaluate_ppl(
+                    peft_model, plan.cfg, streams, "one-shot"
+                )
             metrics["train"] = finetune(
                 peft_model,
                 samples,
@@ -81,6 +95,7 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
                 tokenizer.pad_token_id,
                 PruningHooks(pruner, steps),
                 logger.log_step,
+                Checkpointer(plan.run_dir, plan.cfg.trainer.save_every, bool(plan.cfg.resume), metrics),
             )
             result = pruner.finalize()
         model = result.apply(peft_model)
@@ -99,6 +114,11 @@ def start_run_dir(plan: RunPlan) -> Logger:
     """Create the run directory, write the resolved config, open the loggers."""
     cfg, run_dir = plan.cfg, plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and not cfg.overwrite:  # the step log up to the checkpoint stays
+        step = prepare_resume(run_dir)
+        log.info("resume=true: %s", f"continuing after step {step}" if step else "no checkpoint, starting")
+    else:
+        start_fresh(run_dir)
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config_dict))
     wandb_kwargs = asdict(cfg.logger.wandb)
@@ -246,6 +266,7 @@ def finish(model, tokenizer, plan: RunPlan, result: PruneResult, metrics, logger
     metrics["wall_time_s"] = round(time.time() - started, 2)
     metrics["objective"] = next(iter(metrics["pruned"]["ppl"].values()), None)
     write_json(run_dir / "metrics.json", metrics)
+    remove_checkpoints(run_dir)
     logger.log_metrics(metrics)
     logger.log_table(
         "kept_per_layer",

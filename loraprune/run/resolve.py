@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from loraprune import data
 from loraprune.core.budget import ratio_for_param_fraction
@@ -193,6 +194,7 @@ def _validate_training(cfg: LoraPruneConfig) -> None:
         f"({t.micro_batch_size})",
     )
     _check(t.lr > 0, f"trainer.lr must be > 0, got {t.lr}")
+    _check(t.save_every >= 0, f"trainer.save_every must be >= 0 (0: never), got {t.save_every}")
     _check(cfg.data.cutoff_len >= 2, f"data.cutoff_len must be >= 2, got {cfg.data.cutoff_len}")
     _check(
         cfg.data.nsamples is None or cfg.data.nsamples >= 1,
@@ -315,13 +317,33 @@ def run_dir_of(cfg: LoraPruneConfig) -> Path:
 
 
 def check_run_dir(cfg: LoraPruneConfig) -> Path:
-    """The run directory, refused if it holds a finished run (unless ``overwrite``) or cannot be made."""
+    """The run directory, refused if it cannot be made, or if it holds a finished or an unfinished run and
+    neither ``resume`` (continue / re-report the same run) nor ``overwrite`` (start again) is set."""
+    from loraprune.run import resume
+
     run_dir = run_dir_of(cfg)
-    _check(
-        cfg.overwrite or not (run_dir / "metrics.json").exists(),
-        f"{run_dir} already holds a finished run (metrics.json); choose another output_dir or set "
-        "overwrite=true to replace it",
-    )
+    state = resume.run_state(run_dir)
+    if state == "finished":
+        _check(
+            cfg.overwrite or cfg.resume,
+            f"{run_dir} already holds a finished run (metrics.json); choose another output_dir, set "
+            "overwrite=true to replace it, or resume=true to report it again",
+        )
+    elif state == "unfinished":
+        step = resume.checkpoint_step(resume.latest_checkpoint(run_dir))
+        _check(
+            cfg.overwrite or cfg.resume,
+            f"{run_dir} holds an unfinished run (checkpoint at step {step}); set resume=true to continue it "
+            "or overwrite=true to start again",
+        )
+    if cfg.resume and not cfg.overwrite and state != "fresh":
+        config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+        diff = resume.config_differences(run_dir, config)
+        _check(
+            not diff,
+            f"resume=true: {run_dir} holds a run of another config ({', '.join(diff[:4])} differ); "
+            "use the same settings, another output_dir, or overwrite=true",
+        )
     existing = next((d for d in (run_dir, *run_dir.parents) if d.exists()), None)
     _check(
         existing is not None and existing.is_dir(),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,6 +15,7 @@ from tqdm.auto import tqdm
 from loraprune.data import collate
 from loraprune.pruners import Pruner
 from loraprune.run.config import TrainerConfig
+from loraprune.run.resume import Checkpointer, LoopState
 
 
 def steps_for(epochs: float, num_samples: int, batch_size: int) -> int:
@@ -40,6 +43,13 @@ class StepHooks:
         """The optimizer has stepped; returns extra values to log."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the hooks."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
 
 class PruningHooks(StepHooks):
     """A pruner in the loop: it observes the accumulated gradients and follows its schedule."""
@@ -52,6 +62,12 @@ class PruningHooks(StepHooks):
 
     def after_step(self, step: int) -> dict[str, float]:
         return {"ratio": self.pruner.step(step, final_step=step == self.total_steps)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pruner": self.pruner.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pruner.load_state_dict(state["pruner"])
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -66,9 +82,11 @@ def finetune(
     pad_token_id: int,
     hooks: StepHooks | None = None,
     log: Callable[[dict], None] | None = None,
+    checkpoints: Checkpointer | None = None,
 ) -> dict[str, float]:
     """Fine-tune the LoRA parameters for ``steps`` optimizer steps (batching, learning rate, clipping
-    and seed from ``settings``). Returns summary values: steps, tokens seen, first and last loss."""
+    and seed from ``settings``), saving and resuming through ``checkpoints``. Returns summary values:
+    steps, tokens seen, first and last loss."""
     if steps == 0:
         return {"steps": 0, "tokens": 0}
     if len(samples) < settings.micro_batch_size:
@@ -90,9 +108,13 @@ def finetune(
             model.enable_input_require_grads()
     batches = cycle_batches(samples, settings.micro_batch_size, settings.seed)
     accumulation = settings.batch_size // settings.micro_batch_size
+    start = checkpoints.restore(model, optimizer, scheduler, hooks) if checkpoints else LoopState()
+    batches = itertools.islice(batches, start.micro_batches, None)  # the data position
     model.train()
-    tokens, first_loss, loss_value = 0, None, float("nan")
-    bar = tqdm(range(1, steps + 1), desc="fine-tune", leave=False)
+    tokens, first_loss, loss_value = start.tokens, start.first_loss, start.last_loss
+    bar = tqdm(
+        range(start.step + 1, steps + 1), desc="fine-tune", leave=False, initial=start.step, total=steps
+    )
     for step in bar:
         loss_value = 0.0
         for _ in range(accumulation):
@@ -119,6 +141,9 @@ def finetune(
         bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in extra.items()})
         if log:
             log(record)
+        if checkpoints:
+            loop = LoopState(step, step * accumulation, tokens, first_loss, loss_value)
+            checkpoints.maybe_save(loop, model, optimizer, scheduler, hooks)
     model.eval()
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_disable()
