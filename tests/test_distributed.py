@@ -152,3 +152,40 @@ def test_a_pruner_takes_over_another_decision(pattern):
     ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(models[0](input_ids=ids).logits, models[1](input_ids=ids).logits)
+
+
+def test_launch_problems_are_refused_in_one_line(monkeypatch):
+    cfg = to_config(compose("debug=tiny", "trainer.device_map=auto"))
+    assert "model.source embedded or hub, not 'tiny'" in distributed.check(cfg, 1)
+    hub = to_config(
+        compose("debug=tiny", "model.source=hub", "model.path=org/name", "trainer.device_map=auto")
+    )
+    assert distributed.check(hub, 1) is None
+    assert "cannot be combined with 2 processes" in distributed.check(hub, 2)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert distributed.check(to_config(compose("debug=tiny")), 2).startswith("FSDP is not supported")
+
+
+def test_device_map_loads_through_accelerate_dispatch(tmp_path, monkeypatch):
+    """``trainer.device_map=auto`` (one process, layers over its GPUs; all on the CPU here) reaches
+    ``from_pretrained``; the run passes it on."""
+    from loraprune.run import pipeline
+
+    model, tokenizer = load_model("tiny", tiny=TinySpec(num_layers=4), dtype="float32", device="cpu")
+    model.save_pretrained(tmp_path / "hub")
+    tokenizer.save_pretrained(tmp_path / "hub")
+    loaded, _ = load_model("hub", str(tmp_path / "hub"), dtype="float32", device_map="auto")
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+    def loading(*args, **kwargs):
+        raise LookupError(kwargs["device_map"])
+
+    monkeypatch.setattr(pipeline, "load_model", loading)
+    overrides = [
+        f"model.path={tmp_path / 'hub'}",
+        "trainer.device_map=auto",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    with pytest.raises(LookupError, match="auto"):
+        run(compose(*COMMON, "model.source=hub", *overrides))

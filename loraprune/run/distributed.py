@@ -42,10 +42,24 @@ def world_size() -> int:
 
 
 def check(cfg: LoraPruneConfig, processes: int) -> str | None:
-    """Why ``cfg`` cannot run on ``processes`` processes, or ``None``."""
+    """Why ``cfg`` cannot run as launched on ``processes`` processes, or ``None``."""
     t = cfg.trainer
+    if t.device_map and cfg.model.source not in ("embedded", "hub"):
+        return f"trainer.device_map applies to model.source embedded or hub, not {cfg.model.source!r}"
     if processes <= 1:
         return None
+    engine = next((e for e in ("FSDP", "DEEPSPEED") if _env_flag(f"ACCELERATE_USE_{e}")), None)
+    if engine:
+        return (
+            f"{engine} is not supported: the pruner scores whole gradients of each projection, which "
+            f"{engine} shards; use DDP (docs/accelerate/ddp.yaml), or trainer.device_map=auto in one "
+            "process for a model larger than one GPU"
+        )
+    if t.device_map:
+        return (
+            f"trainer.device_map={t.device_map!r} spreads one process's model over its GPUs; it cannot be "
+            f"combined with {processes} processes (launch one process, or drop device_map for DDP)"
+        )
     accumulation = t.batch_size // t.micro_batch_size
     if accumulation % processes:
         return (
@@ -55,6 +69,10 @@ def check(cfg: LoraPruneConfig, processes: int) -> str | None:
     if t.device not in ("auto", "cpu", "cuda"):
         return f"trainer.device={t.device!r}: under several processes use auto, cpu or cuda (one GPU each)"
     return None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
 
 
 def start(cfg: LoraPruneConfig):

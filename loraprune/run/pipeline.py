@@ -139,6 +139,7 @@ def load(plan: RunPlan):
         tiny=m.tiny,
         dtype=t.dtype,
         device=t.device,
+        device_map=t.device_map,
         revision=m.revision,
         attn_implementation=m.attn_implementation,
     )
