@@ -27,6 +27,7 @@ from loraprune.run.resolve import ConfigError
 from loraprune.run.train import _local_share
 
 COMMON = ["debug=tiny", "lora.dropout=0", "eval.dense=false", "trainer.steps=3", "eval.max_windows=2"]
+COMMON += ["trainer.batch_size=4"]  # 4 micro-batches of 1 a step: 2 per rank (one under no_sync)
 
 
 def _steps(run_dir) -> list[dict]:
@@ -86,8 +87,8 @@ def _assert_equal_runs(ddp, one, single: dict) -> None:
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
     """2 processes on gloo (CPU): at every step the ranks agree on the masks (no mismatch) and rank 0's
-    masks, loss and tokens are the single-process run's on the same global batch (2 micro-batches a
-    step: one per rank); the final models are equal and only rank 0 wrote."""
+    masks, loss and tokens are the single-process run's on the same global batch (4 micro-batches a
+    step: two per rank); the final models are equal and only rank 0 wrote."""
     ddp, one = tmp_path / "ddp", tmp_path / "one"
     mp.start_processes(_rank, args=(_free_port(), str(ddp)), nprocs=2, start_method="fork")
     _assert_equal_runs(ddp, one, _single_process(one))
