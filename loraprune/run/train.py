@@ -82,8 +82,8 @@ def finetune(
     and seed from ``settings``). Returns summary values: steps, tokens seen, first and last loss, seconds.
 
     With an ``accelerate.Accelerator`` of N processes the model trains under DDP: each rank computes its
-    share of every step's micro-batches (:func:`_local_share`), the
-    gradients are averaged once, at its last backward, and the logged loss and tokens are global.
+    share of every step's micro-batches (:func:`_local_share`), the gradients are averaged once, at its
+    last backward, and the logged loss and tokens are global.
     """
     if steps == 0:
         return {"steps": 0, "tokens": 0}
