@@ -10,6 +10,7 @@ surgery. One-shot methods are pruners whose schedule is due at step 0: :meth:`Pr
 from __future__ import annotations
 
 import logging
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -129,6 +130,27 @@ class Pruner(ABC):
 
     def remove_hooks(self) -> None:  # noqa: B027 - optional: most pruners install nothing to remove
         """Remove whatever the pruner installed on the model for fine-tuning."""
+
+    # ------------------------------------------------------------------- the decision, as tensors
+    @abstractmethod
+    def decision(self) -> dict[str, torch.Tensor]:
+        """What is pruned now, as named tensors (copies): what data-parallel ranks must agree on."""
+
+    @abstractmethod
+    def adopt_decision(self, decision: dict[str, torch.Tensor]) -> None:
+        """Take over ``decision`` (another copy's :meth:`decision`, e.g. rank 0's) as this pruner's."""
+
+    def decision_weights(self) -> list[nn.Parameter]:
+        """Weights a decision changed in place (N:M zeroes them), to be shared with the decision."""
+        return []
+
+    def decision_digest(self) -> int:
+        """A CRC-32 of :meth:`decision`: equal decisions, equal digests (logged per step)."""
+        crc = 0
+        for key, t in sorted(self.decision().items()):
+            crc = zlib.crc32(key.encode(), crc)
+            crc = zlib.crc32(t.detach().cpu().contiguous().numpy().tobytes(), crc)
+        return crc
 
     # ------------------------------------------------------------------------------- the life cycle
     @property

@@ -129,5 +129,25 @@ class NMPruner(Pruner):
             weight.mul_(keep.to(weight.dtype))
         super().load_state_dict(state)
 
+    def decision(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for i, name in self.masks:
+            out[f"{i}.{name}.keep"] = self.masks[(i, name)].clone()
+            out[f"{i}.{name}.rows"] = self.converted[(i, name)].clone()
+        out["progress"] = torch.tensor([self.progress], dtype=torch.float64)
+        return out
+
+    @torch.no_grad()
+    def adopt_decision(self, decision: dict[str, torch.Tensor]) -> None:
+        """In place (the masked LoRA updates hold the masks by reference); the zeroed weights follow
+        with :meth:`decision_weights`."""
+        for i, name in self.masks:
+            self.masks[(i, name)].copy_(decision[f"{i}.{name}.keep"])
+            self.converted[(i, name)].copy_(decision[f"{i}.{name}.rows"])
+        self.progress = float(decision["progress"])
+
+    def decision_weights(self) -> list[nn.Parameter]:
+        return [pretrained_weight(module) for _, _, module in self.chosen]
+
     def result(self) -> PruneResult:
         return PruneResult(PruningPlan(self.geo, self.settings.attention_unit), self.masks, self.pattern)

@@ -103,6 +103,17 @@ class GroupPruner(Pruner):
             self.masks.set(i, kinds[name], removed)
         super().load_state_dict(state)
 
+    def decision(self) -> dict[str, torch.Tensor]:
+        out = {f"{i}.{kind}": removed.clone() for (i, kind), removed in self.masks.removed.items()}
+        out["progress"] = torch.tensor([self.progress], dtype=torch.float64)
+        return out
+
+    def adopt_decision(self, decision: dict[str, torch.Tensor]) -> None:
+        for i in self.prunable:
+            for kind in self.kinds:
+                self.masks.set(i, kind, decision[f"{i}.{kind.name}"].to(torch.bool).cpu())
+        self.progress = float(decision["progress"])
+
     def result(self) -> PruneResult:
         kept = self.masks.kept_units()
         return PruneResult(PruningPlan.from_units(self.geo, self.settings.attention_unit, kept))

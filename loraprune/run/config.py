@@ -103,6 +103,7 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     dtype: str = "auto"
     device: str = "auto"
+    device_map: str | None = None  # e.g. auto: one process's model spread over its GPUs (accelerate)
     seed: int = 42
     gradient_checkpointing: bool = False
     save_every: int = 50  # checkpoint (LoRA, optimizer, pruner, RNG, data position) every N steps; 0: never

@@ -209,6 +209,7 @@ def load_model(
     attn_implementation: str | None = None,
     shape_overrides: dict | None = None,
     seed: int = 0,
+    device_map: str | None = None,
 ):
     """Load ``(model, tokenizer)`` in eval mode on ``device``.
 
@@ -218,7 +219,11 @@ def load_model(
         path: hub id or local directory for ``hub``; the shape's name (or a hub id it copies) for ``shape``.
         shape_overrides: config fields replaced in the shape, e.g. ``{"num_hidden_layers": 2}``.
         seed: the random weights of a shape (drawn from their own generator on ``device``).
+        device_map: ``embedded``/``hub`` only: spread the layers over the visible GPUs (and CPU) with
+            accelerate's big-model dispatch (``"auto"``, ``"balanced"``, ...) instead of ``device``.
     """
+    if device_map and source not in ("embedded", "hub"):
+        raise ValueError(f"a device_map applies to model.source embedded or hub, not {source!r}")
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     if source == "tiny":
@@ -239,10 +244,12 @@ def load_model(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     tok = AutoTokenizer.from_pretrained(where, **kwargs)
+    if device_map:
+        kwargs["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return model.to(device).eval(), tok
+    return (model if device_map else model.to(device)).eval(), tok
 
 
 def load_embedded_model(dtype: str = "float32", device: str = "cpu"):

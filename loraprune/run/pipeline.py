@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -26,10 +26,11 @@ from loraprune.evaluation import sparse_speed
 from loraprune.evaluation.ppl import perplexity, tokenize_stream
 from loraprune.export.card import cli_command
 from loraprune.pruners import CalibrationData, Pruner, PruneResult, build_pruner
+from loraprune.run import distributed
 from loraprune.run.adapters import add_lora
 from loraprune.run.checkpoint import save_pruned, write_json, write_text
 from loraprune.run.config import LoraPruneConfig
-from loraprune.run.loggers import Logger, build_logger
+from loraprune.run.loggers import Logger, MultiLogger, build_logger
 from loraprune.run.memory import PeakMemory
 from loraprune.run.models import load_model, model_path
 from loraprune.run.resolve import ConfigError, RunPlan, resolve
@@ -41,7 +42,7 @@ from loraprune.run.resume import (
     start_fresh,
 )
 from loraprune.run.shapes import weights_kind
-from loraprune.run.train import PruningHooks, finetune, steps_for
+from loraprune.run.train import finetune, steps_for
 
 log = logging.getLogger("loraprune")
 
@@ -60,30 +61,44 @@ def to_config(cfg: DictConfig | LoraPruneConfig) -> LoraPruneConfig:
 
 
 def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
-    """Run one fine-tune-and-prune experiment; returns (and writes) its metrics."""
+    """Run one fine-tune-and-prune experiment; returns (and writes) its metrics.
+
+    Launched on several processes (``torchrun`` / ``accelerate launch``) the fine-tune is data parallel
+    (:mod:`loraprune.run.distributed`): rank 0 evaluates and writes everything; the other ranks train
+    and prune with it, then return ``{"objective": None}`` without writing anything.
+    """
     started = time.time()
-    plan = resolve(to_config(cfg))
+    config = to_config(cfg)
+    plan = resolve(config)
+    problem = distributed.check(config, distributed.world_size())
+    if problem:
+        raise ConfigError(problem)
+    accelerator = distributed.start(config)
+    plan = replace(plan, run_dir=distributed.shared_path(plan.run_dir, accelerator))
     if plan.cfg.resume and not plan.cfg.overwrite and (plan.run_dir / "metrics.json").exists():
         log.info("%s: finished already; its metrics.json is reported again", plan.run_dir)
         return json.loads((plan.run_dir / "metrics.json").read_text(encoding="utf-8"))
-    logger = start_run_dir(plan)
+    main = distributed.is_main(accelerator)
+    logger = start_run_dir(plan) if main else MultiLogger()
     try:
         model, tokenizer = load(plan)
         streams = load_eval_streams(plan, tokenizer)
         samples, steps = load_finetune_data(plan, tokenizer)
         metrics = describe_run(plan, steps, model)
         earlier = earlier_metrics(plan.run_dir) if plan.cfg.resume else {}  # measured before the kill
-        if plan.cfg.eval.dense:
+        if plan.cfg.eval.dense and main:
             metrics["dense"] = earlier.get("dense") or evaluate(model, tokenizer, plan.cfg, streams, "dense")
         with PeakMemory() as memory:
             peft_model = add_lora(model, plan.cfg.lora)
+            distributed.share_trainable(peft_model, accelerator)
             pruner = make_pruner(peft_model, plan, steps)
             device = next(p for p in peft_model.parameters() if p.requires_grad).device
             calibration = CalibrationData(
                 samples, tokenizer.pad_token_id, plan.cfg.trainer.micro_batch_size, device
             )
             pruner.prepare(calibration)
-            if pruner.prunes_at_start and steps > 0:  # the one-shot result before LoRA recovery (masks on)
+            distributed.sync_decision(pruner, accelerator, weights=True)
+            if pruner.prunes_at_start and steps > 0 and main:  # the one-shot result before LoRA recovery
                 metrics["pruned_before_recovery"] = earlier.get("pruned_before_recovery") or evaluate_ppl(
                     peft_model, plan.cfg, streams, "one-shot"
                 )
@@ -93,11 +108,17 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
                 plan.cfg.trainer,
                 steps,
                 tokenizer.pad_token_id,
-                PruningHooks(pruner, steps),
+                distributed.hooks(pruner, steps, accelerator),
                 logger.log_step,
                 Checkpointer(plan.run_dir, plan.cfg.trainer.save_every, bool(plan.cfg.resume), metrics),
+                accelerator,
             )
             result = pruner.finalize()
+            if accelerator is not None:
+                metrics["distributed"] = distributed.final_agreement(peft_model, pruner, accelerator)
+        if not main:
+            distributed.discard_own_hydra_dir(plan.run_dir)
+            return {"objective": None}
         model = result.apply(peft_model)
         metrics.update(
             measure_pruned(model, tokenizer, plan, result, streams, metrics, pruner.prunes_at_start)
@@ -138,6 +159,7 @@ def load(plan: RunPlan):
         tiny=m.tiny,
         dtype=t.dtype,
         device=t.device,
+        device_map=t.device_map,
         revision=m.revision,
         attn_implementation=m.attn_implementation,
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -61,7 +63,15 @@ class PruningHooks(StepHooks):
         self.pruner.observe()
 
     def after_step(self, step: int) -> dict[str, float]:
-        return {"ratio": self.pruner.step(step, final_step=step == self.total_steps)}
+        before = self.pruner.progress
+        extra = {"ratio": self.pruner.step(step, final_step=step == self.total_steps)}
+        if self.pruner.progress != before:
+            extra.update(self.decided())
+        return extra
+
+    def decided(self) -> dict[str, int]:
+        """The masks changed at this step: a digest of them (``masks`` in ``steps.jsonl``)."""
+        return {"masks": self.pruner.decision_digest()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"pruner": self.pruner.state_dict()}
@@ -83,10 +93,17 @@ def finetune(
     hooks: StepHooks | None = None,
     log: Callable[[dict], None] | None = None,
     checkpoints: Checkpointer | None = None,
+    accelerator=None,
 ) -> dict[str, float]:
     """Fine-tune the LoRA parameters for ``steps`` optimizer steps (batching, learning rate, clipping
     and seed from ``settings``), saving and resuming through ``checkpoints``. Returns summary values:
-    steps, tokens seen, first and last loss."""
+    steps, tokens seen, first and last loss, seconds.
+
+    With an ``accelerate.Accelerator`` of N processes the model trains under DDP: each rank computes its
+    share of every step's micro-batches (:func:`_local_share`), the gradients are averaged once, at its
+    last backward, and the logged loss and tokens are global. Only the main process saves checkpoints;
+    every rank restores from them.
+    """
     if steps == 0:
         return {"steps": 0, "tokens": 0}
     if len(samples) < settings.micro_batch_size:
@@ -108,21 +125,37 @@ def finetune(
             model.enable_input_require_grads()
     batches = cycle_batches(samples, settings.micro_batch_size, settings.seed)
     accumulation = settings.batch_size // settings.micro_batch_size
+    mine = _local_share(accumulation, accelerator)
+    ddp = accelerator.prepare_model(model) if accelerator else model
     start = checkpoints.restore(model, optimizer, scheduler, hooks) if checkpoints else LoopState()
     batches = itertools.islice(batches, start.micro_batches, None)  # the data position
     model.train()
     tokens, first_loss, loss_value = start.tokens, start.first_loss, start.last_loss
+    started = time.perf_counter()
     bar = tqdm(
-        range(start.step + 1, steps + 1), desc="fine-tune", leave=False, initial=start.step, total=steps
+        range(start.step + 1, steps + 1),
+        desc="fine-tune",
+        leave=False,
+        initial=start.step,
+        total=steps,
+        disable=not _is_main(accelerator),
     )
     for step in bar:
-        loss_value = 0.0
-        for _ in range(accumulation):
-            batch = {k: v.to(device) for k, v in collate(next(batches), pad_token_id).items()}
-            loss = model(**batch).loss / accumulation
-            loss.backward()
+        loss_value, step_tokens = 0.0, 0
+        for j in range(accumulation):
+            micro_batch = next(batches)  # every rank walks the whole sequence, computes its own share
+            if j not in mine:
+                continue
+            batch = {k: v.to(device) for k, v in collate(micro_batch, pad_token_id).items()}
+            sync = j == mine[-1] or accelerator is None  # DDP averages gradients at the last backward
+            with nullcontext() if sync else accelerator.no_sync(ddp):
+                loss = ddp(**batch).loss / len(mine)
+                loss.backward()
             loss_value += loss.item()
-            tokens += int(batch["attention_mask"].sum())
+            step_tokens += int(batch["attention_mask"].sum())
+        if accelerator is not None:
+            loss_value, step_tokens = _global_loss_and_tokens(loss_value, step_tokens, accelerator)
+        tokens += step_tokens
         hooks.after_accumulation(step)
         if settings.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
@@ -138,13 +171,41 @@ def finetune(
             "tokens": tokens,
             **extra,
         }
-        bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in extra.items()})
+        bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in extra.items() if k == "ratio"})
         if log:
             log(record)
-        if checkpoints:
+        if checkpoints and _is_main(accelerator):
             loop = LoopState(step, step * accumulation, tokens, first_loss, loss_value)
             checkpoints.maybe_save(loop, model, optimizer, scheduler, hooks)
     model.eval()
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_disable()
-    return {"steps": steps, "tokens": tokens, "first_loss": first_loss, "last_loss": loss_value}
+    seconds = round(time.perf_counter() - started, 3)
+    return {
+        "steps": steps,
+        "tokens": tokens,
+        "first_loss": first_loss,
+        "last_loss": loss_value,
+        "seconds": seconds,
+    }
+
+
+def _local_share(accumulation: int, accelerator) -> range:
+    """Which of a step's ``accumulation`` micro-batches this process computes: a contiguous
+    ``accumulation / N`` share, rank 0 first (all of them in a single process)."""
+    if accelerator is None:
+        return range(accumulation)
+    share = accumulation // accelerator.num_processes
+    return range(accelerator.process_index * share, (accelerator.process_index + 1) * share)
+
+
+def _is_main(accelerator) -> bool:
+    return accelerator is None or accelerator.is_main_process
+
+
+def _global_loss_and_tokens(loss: float, tokens: int, accelerator) -> tuple[float, int]:
+    """The step's loss averaged over ranks (each rank's is the mean of its equal share) and its tokens
+    summed: what a single process logs for the same global batch."""
+    t = torch.tensor([loss, float(tokens)], dtype=torch.float64, device=accelerator.device)
+    t = accelerator.reduce(t, reduction="sum")
+    return float(t[0]) / accelerator.num_processes, int(t[1])
