@@ -100,7 +100,9 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, caplog):
     assert metrics["kept_per_layer"] == reference["kept_per_layer"]
     assert metrics["pruned"]["ppl"] == pytest.approx(reference["pruned"]["ppl"], rel=1e-6)
     assert metrics["dense"] == reference["dense"]
-    assert metrics["train"] == pytest.approx(reference["train"], rel=1e-6)
+    untimed = {k: v for k, v in metrics["train"].items() if k != "seconds"}  # wall time differs
+    assert untimed == pytest.approx({k: reference["train"][k] for k in untimed}, rel=1e-6)
+    assert [r.get("masks") for r in got_steps] == [r.get("masks") for r in ref_steps]
     assert not (out / "checkpoints").exists()  # a finished run keeps no checkpoint
 
     # the finished run: the same command refuses, resume=true reports it again without work
