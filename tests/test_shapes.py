@@ -17,6 +17,8 @@ from loraprune.run.models import load_config, load_model, model_location
 PUBLISHED = {
     "llama_7b": ("LlamaForCausalLM", 32, 4096, 11008, 32, 32, 128, 32000, False, False, 6_738_415_616),
     "llama_13b": ("LlamaForCausalLM", 40, 5120, 13824, 40, 40, 128, 32000, False, False, 13_015_864_320),
+    "llama_30b": ("LlamaForCausalLM", 60, 6656, 17920, 52, 52, 128, 32000, False, False, 32_528_943_616),
+    "llama_65b": ("LlamaForCausalLM", 80, 8192, 22016, 64, 64, 128, 32000, False, False, 65_285_660_672),
     "llama2_7b": ("LlamaForCausalLM", 32, 4096, 11008, 32, 32, 128, 32000, False, False, 6_738_415_616),
     "llama2_13b": ("LlamaForCausalLM", 40, 5120, 13824, 40, 40, 128, 32000, False, False, 13_015_864_320),
     "llama3_8b": ("LlamaForCausalLM", 32, 4096, 14336, 32, 8, 128, 128256, False, False, 8_030_261_248),

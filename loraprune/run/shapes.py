@@ -57,6 +57,18 @@ SHAPES: dict[str, Shape] = {
         num_key_value_heads=40, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6,
         rope_theta=10000.0,
     ),
+    "llama_30b": _llama(
+        ("huggyllama/llama-30b",),
+        hidden_size=6656, intermediate_size=17920, num_hidden_layers=60, num_attention_heads=52,
+        num_key_value_heads=52, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+    ),
+    "llama_65b": _llama(
+        ("huggyllama/llama-65b",),
+        hidden_size=8192, intermediate_size=22016, num_hidden_layers=80, num_attention_heads=64,
+        num_key_value_heads=64, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+    ),
     "llama2_7b": _llama(
         ("meta-llama/Llama-2-7b-hf",),
         hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
