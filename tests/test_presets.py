@@ -219,13 +219,17 @@ def check_resolves(overrides, out: Path, local_model: Path) -> RunPlan:
     return RESOLVED[key]
 
 
-def shrink(plan: RunPlan, *, keep_text: bool = False, device: bool = True) -> list[str]:
+def shrink(
+    plan: RunPlan, *, keep_text: bool = False, device: bool = True, local_model: Path | None = None
+) -> list[str]:
     """The overrides that make the config resolved as ``plan`` a test-size run (module docstring)."""
     cfg = plan.cfg
     if cfg.model.source == "tiny":
         out = []
     elif cfg.model.source == "hub":  # a checkpoint directory (the tiny one): run it from there
         out = [f"model.path={cfg.model.path}"]
+    elif cfg.trainer.device_map and local_model is not None:  # dispatched by accelerate: a checkpoint
+        out = ["model.source=hub", f"model.path={local_model}"]
     else:  # the tiny preset, whatever the command set in model.* after its own model=
         out = [TINY_MODEL, "model.source=tiny"]
     out += [s for s in SHRINK if device or not s.startswith("trainer.device=")]
@@ -265,7 +269,7 @@ def check_run(run_dir: Path) -> dict:
 def run_in_process(overrides, out: Path, local_model: Path, *, keep_text: bool = False) -> dict:
     """``overrides`` resolved as given, then run at test size through ``pipeline.run``; its metrics."""
     plan = check_resolves(overrides, out.parent / "resolved", local_model)
-    run(compose(*overrides, *shrink(plan, keep_text=keep_text), f"output_dir={out}"))
+    run(compose(*overrides, *shrink(plan, keep_text=keep_text, local_model=local_model), f"output_dir={out}"))
     return check_run(out)
 
 
