@@ -35,6 +35,7 @@ class PrunerSettings:
 
     ``ratio`` is the group ratio of every prunable layer (structured); ``pattern`` (e.g. ``"2:4"``)
     switches to semi-structured N:M sparsity of every projection of the prunable layers instead.
+    ``normalize_order`` (``channel`` | ``unit``): see :func:`loraprune.core.importance.unit_scores`.
     ``calibration_samples`` / ``calibration_seq_len`` size a criterion's own statistics (``None``: the
     criterion's defaults); ``calibration_batches`` training micro-batches feed the moving average before
     the first step (one at least for a gradient criterion pruning one-shot).
@@ -51,6 +52,7 @@ class PrunerSettings:
     ema_beta: float = 0.9
     ema_init: str = "zero"
     normalize: bool = True
+    normalize_order: str = "channel"
     calibration_samples: int | None = None
     calibration_seq_len: int | None = None
     calibration_batches: int = 0

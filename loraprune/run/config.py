@@ -61,6 +61,7 @@ class MethodConfig:
     ema_beta: float = 0.9
     ema_init: str = "zero"
     normalize: bool = True
+    normalize_order: str = "channel"  # channel | unit (the reference: sum per head, then normalise)
     finetune: bool = True
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     options: Any = field(default_factory=dict)  # typed per criterion: method/options/<criterion>
@@ -93,6 +94,9 @@ class PruneConfig:
 
 @dataclass
 class TrainerConfig:
+    """The LoRA fine-tuning loop. ``observe_after_clip``: the pruner reads the LoRA gradients after
+    clipping to ``max_grad_norm`` (the reference code) instead of before (only LoRA is clipped)."""
+
     steps: int | None = 100
     epochs: float | None = None
     batch_size: int = 4
@@ -105,6 +109,7 @@ class TrainerConfig:
     device: str = "auto"
     seed: int = 42
     gradient_checkpointing: bool = False
+    observe_after_clip: bool = False
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 
 from loraprune import data
 from loraprune.core.budget import ratio_for_param_fraction
+from loraprune.core.importance import NORMALIZE_ORDERS
 from loraprune.core.structure import (
     ALL_PROJECTIONS,
     Geometry,
@@ -178,6 +179,10 @@ def _validate_method(cfg: LoraPruneConfig) -> None:
     _check(c.batches >= 0, f"method.calibration.batches must be >= 0, got {c.batches}")
     _check(0.0 <= m.ema_beta < 1.0, f"method.ema_beta must be in [0, 1), got {m.ema_beta}")
     _check(m.ema_init in ("zero", "first"), f"method.ema_init must be zero or first, got {m.ema_init!r}")
+    _check(
+        m.normalize_order in NORMALIZE_ORDERS,
+        f"method.normalize_order must be channel or unit, got {m.normalize_order!r}",
+    )
 
 
 def _validate_training(cfg: LoraPruneConfig) -> None:
@@ -264,6 +269,7 @@ def _pruner_settings(cfg: LoraPruneConfig, ratio: float, excluded: list[int]) ->
         ema_beta=m.ema_beta,
         ema_init=m.ema_init,
         normalize=m.normalize,
+        normalize_order=m.normalize_order,
         calibration_samples=m.calibration.samples,
         calibration_seq_len=m.calibration.seq_len,
         calibration_batches=m.calibration.batches,

@@ -101,9 +101,12 @@ def finetune(
             loss.backward()
             loss_value += loss.item()
             tokens += int(batch["attention_mask"].sum())
-        hooks.after_accumulation(step)
+        if not settings.observe_after_clip:
+            hooks.after_accumulation(step)
         if settings.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+        if settings.observe_after_clip:  # the reference reads the LoRA gradients after clipping
+            hooks.after_accumulation(step)
         optimizer.step()
         scheduler.step()
         model.zero_grad(set_to_none=True)
