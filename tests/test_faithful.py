@@ -120,3 +120,225 @@ def test_observe_after_clip_sees_the_clipped_gradients(max_norm):
     assert max_norm == 0 or c < 1
     for g0, g1 in zip(before, clipped, strict=True):
         assert torch.allclose(g1, g0 * c, rtol=1e-5, atol=1e-12)
+
+
+# -------------------------------------------------------------------------- 1c: calibration windows
+def test_random_windows_are_seeded_stretches_of_the_text():
+    from loraprune.data import random_windows
+
+    ids = list(range(100))
+    wins = random_windows(ids, 5, 8, seed=3)
+    assert wins == random_windows(ids, 5, 8, seed=3) and wins != random_windows(ids, 5, 8, seed=4)
+    for w in wins:
+        s = w["input_ids"][0]
+        assert w["input_ids"] == w["labels"] == list(range(s, s + 8))
+    with pytest.raises(ValueError, match="fewer than one window"):
+        random_windows(ids[:4], 1, 8, seed=0)
+
+
+def test_plain_text_source_for_windows():
+    from loraprune.data import FinetuneDataSpec, check_plain_text_source
+    from loraprune.data.windows import plain_text_source
+
+    assert plain_text_source(FinetuneDataSpec(name="news_embedded")) == "news_embedded"
+    assert plain_text_source(FinetuneDataSpec(name="alpaca")) == "wiki_embedded"  # instruction set
+    assert plain_text_source(FinetuneDataSpec(name="/x/a.txt")) == "/x/a.txt"
+    assert plain_text_source(FinetuneDataSpec(name="alpaca"), "news_embedded") == "news_embedded"
+    with pytest.raises(ValueError, match="plain text"):
+        check_plain_text_source("alpaca")
+
+
+def test_statistics_samples_replace_the_fine_tune_samples_for_batches():
+    from loraprune.pruners import CalibrationData
+
+    samples, windows = _samples(3, 12), _samples(2, 6, seed=1)
+    plain = CalibrationData(samples, 0).batches(2, 5)
+    assert [b["input_ids"][0].tolist() for b in plain] == [s["input_ids"][:5] for s in samples[:2]]
+    drawn = CalibrationData(samples, 0, statistics=windows).batches(2, 6)
+    assert [b["input_ids"][0].tolist() for b in drawn] == [w["input_ids"] for w in windows]
+    micro = next(CalibrationData(samples, 0, statistics=windows).micro_batches(1))
+    assert micro["input_ids"][0].tolist() == samples[0]["input_ids"]  # warm-up still trains on samples
+
+
+# --------------------------------------------------------------------------------- 2: validation split
+def test_wiki_validation_split_is_disjoint_and_leaves_the_default_unchanged():
+    from loraprune.data.embedded_corpora import (
+        WIKI_VAL_FRACTION,
+        embedded_wiki_split,
+        embedded_wiki_validation_split,
+    )
+    from loraprune.data.readers import embedded_docs
+
+    finetune, test = embedded_wiki_split()
+    rest, val = embedded_wiki_validation_split()
+    titles = [{a.title for a in x} for x in (rest, val, test)]
+    assert not (titles[0] & titles[1]) and not (titles[1] & titles[2]) and not (titles[0] & titles[2])
+    assert titles[0] | titles[1] == {a.title for a in finetune}
+    paragraphs = [{p for a in x for p in a.paragraphs} for x in (rest, val, test)]
+    assert not (paragraphs[0] & paragraphs[1]) and not (paragraphs[1] & paragraphs[2])
+    share = sum(a.num_words for a in val) / sum(a.num_words for a in finetune)
+    assert WIKI_VAL_FRACTION <= share < 2 * WIKI_VAL_FRACTION
+    assert embedded_docs("wiki_embedded", "finetune") == [a.text for a in finetune]  # default unchanged
+    assert embedded_docs("wiki_embedded", "finetune", holdout_val=True) == [a.text for a in rest]
+    assert embedded_docs("wiki_embedded", "validation") == [a.text for a in val]
+    with pytest.raises(ValueError, match="no validation split"):
+        embedded_docs("news_embedded", "validation")
+
+
+def test_wiki_embedded_val_is_an_eval_set_that_needs_the_holdout():
+    from loraprune.data import load_eval_text
+    from loraprune.data.readers import embedded_docs
+    from loraprune.run.config import LoraPruneConfig
+    from loraprune.run.resolve import ConfigError, validate
+
+    assert load_eval_text("wiki_embedded_val") == "\n\n".join(embedded_docs("wiki_embedded", "validation"))
+    cfg = LoraPruneConfig()
+    cfg.model.source, cfg.trainer.device = "tiny", "cpu"
+    cfg.eval.ppl_sets = ["wiki_embedded_val"]
+    with pytest.raises(ConfigError, match="data.holdout_val=true"):
+        validate(cfg)
+    cfg.data.holdout_val = True
+    validate(cfg)
+    cfg.data.name = "news_embedded"
+    with pytest.raises(ConfigError, match="no validation split"):
+        validate(cfg)
+
+
+# ------------------------------------------------------------------------------------- 3: distillation
+def _masked_pruner(pm, ratio: float = 0.5):
+    from loraprune.core.schedule import build_schedule
+    from loraprune.core.structure import Geometry
+    from loraprune.criteria import build_criterion
+    from loraprune.pruners import CalibrationData, GroupPruner, PrunerSettings
+
+    geo = Geometry.from_config(pm.config)
+    settings = PrunerSettings(ratio=ratio, excluded_layers=[0])
+    pruner = GroupPruner(
+        pm, geo, build_criterion("magnitude"), settings, build_schedule("one_shot", ratio, 2)
+    )
+    pruner.prepare(CalibrationData(_samples(), 0))  # one-shot: masks on from the start
+    return pruner
+
+
+def _first_loss(pm, tok, trainer, hooks) -> float:
+    records = []
+    finetune(pm, _samples(2), trainer, 1, tok.pad_token_id, hooks, records.append)
+    return records[0]["loss"]
+
+
+def test_distillation_loss_is_ce_plus_weighted_kl_to_the_dense_teacher():
+    import copy
+
+    from loraprune.data import collate
+    from loraprune.run.config import DistillConfig
+    from loraprune.run.train import PruningHooks
+
+    torch.manual_seed(0)
+    model, tok = _tiny()
+    dense = copy.deepcopy(model)  # the teacher by hand: the pretrained weights, no LoRA, no masks
+    pm = _lora(model)
+    pruner = _masked_pruner(pm)
+    batch = collate(_samples(2), tok.pad_token_id)  # the one micro-batch finetune draws (2 of 2 samples)
+    with torch.no_grad():
+        out = pm(**batch)
+        student, ce = out.logits, out.loss.item()
+        teacher = dense(input_ids=batch["input_ids"]).logits
+    assert not torch.allclose(student, teacher, atol=1e-3)  # masks and LoRA change the student
+    w, t = 0.7, 2.0
+    p = torch.softmax(teacher / t, -1)
+    kl = (p * (torch.log(p) - torch.log_softmax(student / t, -1))).sum(-1).mean() * t * t
+    trainer = TrainerConfig(batch_size=2, micro_batch_size=2, lr=1e-30, distill=DistillConfig(w, t))
+    got = _first_loss(pm, tok, trainer, PruningHooks(pruner, 1))
+    assert got == pytest.approx(ce + w * kl.item(), rel=1e-5)
+    assert pruner.masks.active  # the masks are back on after the teacher's forward
+
+
+def test_distillation_weight_zero_trains_exactly_as_without():
+    from loraprune.run.config import DistillConfig
+
+    states = []
+    for trainer in (
+        TrainerConfig(batch_size=2, micro_batch_size=1),
+        TrainerConfig(batch_size=2, micro_batch_size=1, distill=DistillConfig(0.0, 3.0)),
+        TrainerConfig(batch_size=2, micro_batch_size=1, distill=DistillConfig(0.5, 1.0)),
+    ):
+        torch.manual_seed(0)
+        model, tok = _tiny()
+        pm = _lora(model)
+        finetune(pm, _samples(), trainer, 2, tok.pad_token_id)
+        states.append([p.detach().clone() for p in trainable_parameters(pm)])
+    assert all(torch.equal(a, b) for a, b in zip(states[0], states[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(states[0], states[2], strict=True))
+
+
+def test_unit_masks_suspended_gives_the_unmasked_forward():
+    torch.manual_seed(0)
+    model, tok = _tiny()
+    pm = _lora(model)
+    ids = torch.tensor([_samples(1)[0]["input_ids"]])
+    with torch.no_grad():
+        before = pm(input_ids=ids).logits
+        pruner = _masked_pruner(pm)
+        masked = pm(input_ids=ids).logits
+        with pruner.unpruned():
+            lifted = pm(input_ids=ids).logits
+    assert not torch.allclose(masked, before) and torch.equal(lifted, before)
+
+
+# ------------------------------------------------------------------------------ 4: Fisher-like scores
+def test_fisher_accumulation_by_hand():
+    from loraprune.criteria import LoraGradOptions, build_criterion
+    from loraprune.criteria.lora_grad import LoraGradCriterion
+
+    layer = get_peft_model(
+        nn.Sequential(nn.Linear(3, 2, bias=False)), LoraConfig(r=1, lora_alpha=2, target_modules=["0"])
+    )
+    proj = layer.base_model.model[0]
+    a, b = proj.lora_A["default"].weight, proj.lora_B["default"].weight
+    with torch.no_grad():
+        proj.base_layer.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.0, 1.0, -1.0]]))
+        a.copy_(torch.tensor([[1.0, 0.0, 1.0]]))
+        b.copy_(torch.tensor([[0.5], [1.0]]))
+    w_eff = proj.base_layer.weight.detach() + 2.0 * b.detach() @ a.detach()
+    grads = [  # each micro-batch's own (∂L/∂A, ∂L/∂B)
+        (torch.tensor([[0.1, 0.2, 0.0]]), torch.tensor([[1.0], [0.0]])),
+        (torch.tensor([[-0.3, 0.0, 0.4]]), torch.tensor([[0.5], [-1.0]])),
+    ]
+    crit = build_criterion("loraprune", {"accumulate": "fisher"})
+    assert isinstance(crit, LoraGradCriterion) and crit.per_micro_batch
+    assert isinstance(crit.options, LoraGradOptions)
+    crit.reset_accumulation()
+    a.grad, b.grad = torch.zeros_like(a), torch.zeros_like(b)
+    for ga, gb in grads:  # the loop adds each micro-batch's gradient / 2 (loss / accumulation)
+        a.grad += ga / 2
+        b.grad += gb / 2
+        crit.accumulate([proj], 2)
+    e = [(estimated_weight_grad(a.detach(), b.detach(), ga, gb) * w_eff) ** 2 for ga, gb in grads]
+    assert torch.allclose(crit.channel_scores(proj, 0), (e[0].sum(1) + e[1].sum(1)) / 2)
+    assert torch.allclose(crit.channel_scores(proj, 1), (e[0].sum(0) + e[1].sum(0)) / 2)
+    # the default scores the step's (mean) gradient instead: |G(mean grads) ⊙ W'| summed per row
+    mean = build_criterion("loraprune").channel_scores(proj, 0)
+    g = estimated_weight_grad(a.detach(), b.detach(), a.grad, b.grad)
+    assert torch.allclose(mean, (g * w_eff).abs().sum(1))
+    with pytest.raises(ValueError, match="accumulate"):
+        LoraGradOptions(accumulate="sum")
+
+
+def test_fisher_in_the_loop_scores_every_step():
+    from loraprune.core.schedule import build_schedule
+    from loraprune.core.structure import Geometry
+    from loraprune.criteria import build_criterion
+    from loraprune.pruners import GroupPruner, PrunerSettings
+    from loraprune.run.train import PruningHooks
+
+    torch.manual_seed(0)
+    model, tok = _tiny()
+    pm = _lora(model)
+    crit = build_criterion("loraprune", {"accumulate": "fisher"})
+    settings = PrunerSettings(ratio=0.5, excluded_layers=[0], prune_freq=10, ema_init="first")
+    schedule = build_schedule("cubic", 0.5, 3, 0.0, 0.0)
+    pruner = GroupPruner(pm, Geometry.from_config(pm.config), crit, settings, schedule)
+    trainer = TrainerConfig(batch_size=2, micro_batch_size=1)
+    finetune(pm, _samples(), trainer, 1, tok.pad_token_id, PruningHooks(pruner, 3))
+    assert pruner.ema.updates == 1 and crit._count == 2  # one step of two micro-batches
+    assert all(torch.isfinite(s).all() and (s > 0).all() for s in pruner.ema.values.values())

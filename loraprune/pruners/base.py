@@ -9,6 +9,7 @@ surgery. One-shot methods are pruners whose schedule is due at step 0: :meth:`Pr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
@@ -131,6 +132,11 @@ class Pruner(ABC):
     def remove_hooks(self) -> None:  # noqa: B027 - optional: most pruners install nothing to remove
         """Remove whatever the pruner installed on the model for fine-tuning."""
 
+    def unpruned(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which the model's forward is unpruned (a distillation teacher). Default: no
+        masks to lift; a pruner that changes the weights themselves cannot give one."""
+        return contextlib.nullcontext()
+
     # ------------------------------------------------------------------------------- the life cycle
     @property
     def finished(self) -> bool:
@@ -166,9 +172,19 @@ class Pruner(ABC):
         self.model.train()
         for batch in data.micro_batches(batches):
             self.model(**batch).loss.backward()
+            self.observe_micro_batch(0, 1)
             self.observe()
             self.model.zero_grad(set_to_none=True)
         self.model.eval()
+
+    def observe_micro_batch(self, index: int, count: int) -> None:
+        """After micro-batch ``index`` of ``count`` (its gradients added to the step's): a criterion
+        that accumulates per micro-batch (``per_micro_batch``) reads them; nothing once finished."""
+        if self.finished or not self.criterion.per_micro_batch:
+            return
+        if index == 0:
+            self.criterion.reset_accumulation()
+        self.criterion.accumulate(self.scored_modules(), count)
 
     def observe(self) -> None:
         """Fold the current gradients' importance into the moving average (nothing once finished)."""

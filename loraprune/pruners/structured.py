@@ -105,3 +105,7 @@ class GroupPruner(Pruner):
 
     def remove_hooks(self) -> None:
         self.masks.remove_hooks()
+
+    def unpruned(self):
+        """Masks lifted (the pretrained weights are never changed while masked)."""
+        return self.masks.suspended()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 
 from loraprune.data import collate
 from loraprune.pruners import Pruner
-from loraprune.run.config import TrainerConfig
+from loraprune.run.config import DistillConfig, TrainerConfig
 
 
 def steps_for(epochs: float, num_samples: int, batch_size: int) -> int:
@@ -33,8 +34,15 @@ def cycle_batches(samples: Sequence[dict], micro_batch_size: int, seed: int) -> 
 class StepHooks:
     """What the loop calls around each optimizer step (the pruner plugs in here)."""
 
+    def after_micro_batch(self, step: int, index: int, count: int) -> None:
+        """Micro-batch ``index`` of ``count`` of this step has added its gradients."""
+
     def after_accumulation(self, step: int) -> None:
         """Gradients of this step are complete; the optimizer has not stepped yet."""
+
+    def unpruned(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which the model runs unpruned (the distillation teacher)."""
+        return contextlib.nullcontext()
 
     def after_step(self, step: int) -> dict[str, float]:
         """The optimizer has stepped; returns extra values to log."""
@@ -47,8 +55,14 @@ class PruningHooks(StepHooks):
     def __init__(self, pruner: Pruner, total_steps: int) -> None:
         self.pruner, self.total_steps = pruner, total_steps
 
+    def after_micro_batch(self, step: int, index: int, count: int) -> None:
+        self.pruner.observe_micro_batch(index, count)
+
     def after_accumulation(self, step: int) -> None:
         self.pruner.observe()
+
+    def unpruned(self) -> contextlib.AbstractContextManager[None]:
+        return self.pruner.unpruned()
 
     def after_step(self, step: int) -> dict[str, float]:
         return {"ratio": self.pruner.step(step, final_step=step == self.total_steps)}
@@ -56,6 +70,36 @@ class PruningHooks(StepHooks):
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+
+
+def distillation_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """T²·KL(p_teacher ‖ p_student) of the softened next-token distributions, averaged over the
+    attended positions."""
+    t = temperature
+    log_p = torch.log_softmax(teacher_logits.float() / t, dim=-1)
+    log_q = torch.log_softmax(student_logits.float() / t, dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    mask = attention_mask.to(kl.dtype)
+    return t * t * (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def distilled_loss(model: nn.Module, batch: dict, distill: DistillConfig, unpruned) -> torch.Tensor:
+    """Cross-entropy + ``distill.weight`` · :func:`distillation_kl` against the dense teacher: the same
+    model with LoRA disabled (peft's ``disable_adapter``) and the masks lifted (``unpruned``), one
+    extra forward without gradients."""
+    if not hasattr(model, "disable_adapter"):
+        raise ValueError("distillation needs a peft model (the teacher is the model with LoRA disabled)")
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad(), unpruned, model.disable_adapter():
+        teacher = model(**inputs).logits
+    out = model(**batch)
+    kl = distillation_kl(out.logits, teacher, batch["attention_mask"], distill.temperature)
+    return out.loss + distill.weight * kl
 
 
 def finetune(
@@ -93,12 +137,17 @@ def finetune(
     model.train()
     tokens, first_loss, loss_value = 0, None, float("nan")
     bar = tqdm(range(1, steps + 1), desc="fine-tune", leave=False)
+    distill = settings.distill
     for step in bar:
         loss_value = 0.0
-        for _ in range(accumulation):
+        for index in range(accumulation):
             batch = {k: v.to(device) for k, v in collate(next(batches), pad_token_id).items()}
-            loss = model(**batch).loss / accumulation
+            if distill.weight > 0:
+                loss = distilled_loss(model, batch, distill, hooks.unpruned()) / accumulation
+            else:
+                loss = model(**batch).loss / accumulation
             loss.backward()
+            hooks.after_micro_batch(step, index, accumulation)
             loss_value += loss.item()
             tokens += int(batch["attention_mask"].sum())
         if not settings.observe_after_clip:
