@@ -342,3 +342,37 @@ def test_fisher_in_the_loop_scores_every_step():
     finetune(pm, _samples(), trainer, 1, tok.pad_token_id, PruningHooks(pruner, 3))
     assert pruner.ema.updates == 1 and crit._count == 2  # one step of two micro-batches
     assert all(torch.isfinite(s).all() and (s > 0).all() for s in pruner.ema.values.values())
+
+
+# ----------------------------------------------------------------------------- the switches composed
+def test_switches_compose_and_llm_pruner_draws_windows_by_default(tmp_path):
+    from conftest import compose
+
+    from loraprune.data.readers import embedded_docs
+    from loraprune.run.pipeline import statistics_samples, to_config
+    from loraprune.run.resolve import resolve
+
+    _, tok = _tiny()
+    plan = resolve(to_config(compose("debug=tiny", "method=llm_pruner", f"output_dir={tmp_path}")))
+    assert plan.cfg.method.calibration.draw == "windows"
+    windows = statistics_samples(plan, tok)
+    text = tok("\n\n".join(embedded_docs("news_embedded", "finetune")), add_special_tokens=False)["input_ids"]
+    assert len(windows) == 10 and all(len(w["input_ids"]) == 64 for w in windows)
+    joined = " ".join(map(str, text))
+    assert all(" ".join(map(str, w["input_ids"])) in joined for w in windows)  # stretches of the text
+    first = resolve(to_config(compose("debug=tiny", "method=llm_pruner", "method.calibration.draw=first")))
+    assert statistics_samples(first, tok) is None
+    switches = (
+        "method.normalize_order=unit",
+        "method.options.accumulate=fisher",
+        "trainer.observe_after_clip=true",
+        "trainer.distill.weight=0.5",
+        "trainer.distill.temperature=2.0",
+        "data.name=wiki_embedded",
+        "data.holdout_val=true",
+        "eval.ppl_sets=[wiki_embedded_val]",
+    )
+    cfg = resolve(to_config(compose("debug=tiny", *switches))).cfg
+    assert (cfg.method.normalize_order, cfg.method.options.accumulate) == ("unit", "fisher")
+    assert statistics_samples(resolve(cfg), tok) is None  # loraprune does not calibrate
+    assert cfg.trainer.observe_after_clip and cfg.trainer.distill.weight == 0.5 and cfg.data.holdout_val
