@@ -376,3 +376,41 @@ def test_switches_compose_and_llm_pruner_draws_windows_by_default(tmp_path):
     assert (cfg.method.normalize_order, cfg.method.options.accumulate) == ("unit", "fisher")
     assert statistics_samples(resolve(cfg), tok) is None  # loraprune does not calibrate
     assert cfg.trainer.observe_after_clip and cfg.trainer.distill.weight == 0.5 and cfg.data.holdout_val
+
+
+# -------------------------------------------------------------------- 5: input norms with the gradient
+def test_activation_term_by_hand():
+    from loraprune.criteria import build_criterion
+
+    model = get_peft_model(
+        nn.Sequential(nn.Linear(3, 2, bias=False)), LoraConfig(r=1, lora_alpha=2, target_modules=["0"])
+    )
+    proj = model.base_model.model[0]
+    a, b = proj.lora_A["default"].weight, proj.lora_B["default"].weight
+    with torch.no_grad():
+        proj.base_layer.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.0, 1.0, -1.0]]))
+        a.copy_(torch.tensor([[1.0, 0.0, 1.0]]))
+        b.copy_(torch.tensor([[0.5], [1.0]]))
+    crit = build_criterion("loraprune", {"activations": 0.5})
+    crit.attach([proj])
+    x1, x2 = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0]]), torch.tensor([[[0.0, 2.0, 2.0]]])
+    model.train()
+    model(x1)
+    model(x2)
+    with torch.no_grad():
+        model(x1 * 100)  # a forward without gradients (a teacher) is not counted
+    model.eval()
+    model(x1 * 100)  # nor an evaluation forward
+    a.grad, b.grad = torch.tensor([[0.1, 0.2, 0.0]]), torch.tensor([[1.0], [0.0]])
+    w_eff = proj.base_layer.weight.detach() + 2.0 * b.detach() @ a.detach()
+    rms = torch.tensor([(1 + 9 + 0) / 3, (4 + 0 + 4) / 3, (0 + 1 + 4) / 3]).sqrt()
+    for dim in (0, 1):
+        grad_term = (estimated_weight_grad(a.detach(), b.detach(), a.grad, b.grad) * w_eff).abs().sum(1 - dim)
+        wanda = (w_eff.abs() * rms).sum(1 - dim)
+        expected = grad_term + 0.5 * grad_term.norm() / wanda.norm() * wanda
+        assert torch.allclose(crit.channel_scores(proj, dim), expected)
+    crit.release()
+    assert not proj._forward_pre_hooks  # the hooks are gone
+    off = build_criterion("loraprune")
+    off.attach([proj])
+    assert not proj._forward_pre_hooks  # activations 0: nothing installed

@@ -68,6 +68,10 @@ class Criterion:
     def release(self) -> None:
         """Free what :meth:`calibrate` collected (after the last prune)."""
 
+    def attach(self, modules: list[nn.Module]) -> None:
+        """Before fine-tuning: install what the criterion observes during training forwards (removed by
+        :meth:`release`). Default: nothing."""
+
     @property
     def per_micro_batch(self) -> bool:
         """Whether it reads every micro-batch's gradients (:meth:`accumulate`), not only the step's."""

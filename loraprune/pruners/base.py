@@ -151,6 +151,7 @@ class Pruner(ABC):
     def prepare(self, data: CalibrationData) -> None:
         """What the criterion needs before the first step; a one-shot pruner prunes here."""
         c, s = self.criterion, self.settings
+        c.attach(self.scored_modules())
         if c.needs.calibration:
             if not self.prunes_at_start:
                 raise ValueError(f"criterion {c.name!r} prunes one-shot at step 0 only")

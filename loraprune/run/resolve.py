@@ -167,6 +167,10 @@ def _validate_method(cfg: LoraPruneConfig) -> None:
         getattr(options, "accumulate", "mean") != "fisher" or cfg.prune.pattern is None,
         "method.options.accumulate=fisher scores channels: structured pruning only (not prune.pattern)",
     )
+    _check(
+        getattr(options, "activations", 0.0) == 0 or cfg.prune.pattern is None,
+        "method.options.activations scores channels: structured pruning only (not prune.pattern)",
+    )
     criterion = CRITERIA[m.criterion]
     schedule, at_step = effective_schedule(cfg)
     _check(
