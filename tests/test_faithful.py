@@ -101,8 +101,8 @@ class _GradSpy(StepHooks):
         self.seen.append([p.grad.clone() for p in self.params])
 
 
-@pytest.mark.parametrize("max_norm", [1e-3, 0.0])
-def test_observe_after_clip_sees_the_clipped_gradients(max_norm):
+def test_observe_after_clip_sees_the_clipped_gradients():
+    max_norm = 1e-3
     spies = {}
     for after in (False, True):
         torch.manual_seed(0)
@@ -116,8 +116,8 @@ def test_observe_after_clip_sees_the_clipped_gradients(max_norm):
         spies[after] = spy.seen[0]
     before, clipped = spies[False], spies[True]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in before]))
-    c = max_norm / (norm + 1e-6) if max_norm else 1.0  # torch's clip_grad_norm_ coefficient
-    assert max_norm == 0 or c < 1
+    c = max_norm / (norm + 1e-6)  # torch's clip_grad_norm_ coefficient
+    assert c < 1
     for g0, g1 in zip(before, clipped, strict=True):
         assert torch.allclose(g1, g0 * c, rtol=1e-5, atol=1e-12)
 
@@ -258,14 +258,14 @@ def test_distillation_weight_zero_trains_exactly_as_without():
 
     states = []
     for trainer in (
-        TrainerConfig(batch_size=2, micro_batch_size=1),
-        TrainerConfig(batch_size=2, micro_batch_size=1, distill=DistillConfig(0.0, 3.0)),
-        TrainerConfig(batch_size=2, micro_batch_size=1, distill=DistillConfig(0.5, 1.0)),
+        TrainerConfig(batch_size=2, micro_batch_size=1, warmup_steps=0),
+        TrainerConfig(batch_size=2, micro_batch_size=1, warmup_steps=0, distill=DistillConfig(0.0, 3.0)),
+        TrainerConfig(batch_size=2, micro_batch_size=1, warmup_steps=0, distill=DistillConfig(0.5, 1.0)),
     ):
         torch.manual_seed(0)
         model, tok = _tiny()
         pm = _lora(model)
-        finetune(pm, _samples(), trainer, 2, tok.pad_token_id)
+        finetune(pm, _samples(), trainer, 1, tok.pad_token_id)
         states.append([p.detach().clone() for p in trainable_parameters(pm)])
     assert all(torch.equal(a, b) for a, b in zip(states[0], states[1], strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(states[0], states[2], strict=True))
