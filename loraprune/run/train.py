@@ -88,7 +88,9 @@ def distillation_kl(
     return t * t * (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-def distilled_loss(model: nn.Module, batch: dict, distill: DistillConfig, unpruned) -> torch.Tensor:
+def distilled_loss(
+    model: nn.Module, batch: dict, distill: DistillConfig, unpruned: contextlib.AbstractContextManager
+) -> torch.Tensor:
     """Cross-entropy + ``distill.weight`` · :func:`distillation_kl` against the dense teacher: the same
     model with LoRA disabled (peft's ``disable_adapter``) and the masks lifted (``unpruned``), one
     extra forward without gradients."""
