@@ -19,26 +19,48 @@ class ChannelScorer(Protocol):
     def channel_scores(self, module: nn.Module, dim: int) -> torch.Tensor | None: ...
 
 
+NORMALIZE_ORDERS = ("channel", "unit")
+
+
+def _l2_normalised(scores: torch.Tensor) -> torch.Tensor:
+    norm = scores.norm()
+    return scores / norm if norm > 0 else scores
+
+
 def unit_scores(
-    layer: nn.Module, kind: GroupKind, criterion: ChannelScorer, normalize: bool = True
+    layer: nn.Module,
+    kind: GroupKind,
+    criterion: ChannelScorer,
+    normalize: bool = True,
+    order: str = "channel",
 ) -> torch.Tensor:
     """One score per unit of ``kind`` in ``layer``.
 
     Each projection's per-channel scores (``None``: the criterion does not score that slice) are
-    L2-normalised (per module, when ``normalize``) and then summed over the group's modules, as in
-    LoRAPrune; ``normalize=False`` is LLM-Pruner's plain sum (``group_reduction="sum"``).
+    L2-normalised per module (when ``normalize``) and summed over the group's modules. ``order``:
+    ``"channel"`` normalises the module's channel scores, then sums them per unit; ``"unit"`` sums the
+    module's channels per unit (head, KV group, MLP channel) first and normalises those unit scores (the
+    reference code's order: per head, then over heads). The two agree for MLP channels; for attention
+    they weight q, k, v and o differently. ``normalize=False`` is LLM-Pruner's plain sum
+    (``group_reduction="sum"``), where the order does not matter.
     """
+    if order not in NORMALIZE_ORDERS:
+        raise ValueError(f"normalisation order must be one of {', '.join(NORMALIZE_ORDERS)}, got {order!r}")
     total = torch.zeros(kind.num_units, dtype=torch.float32)
     for sl in kind.slices:
         scores = criterion.channel_scores(projection(layer, sl.module), sl.dim)
         if scores is None:
             continue
         scores = scores.detach().float().cpu()
-        if normalize:
-            norm = scores.norm()
-            scores = scores / norm if norm > 0 else scores
+        if normalize and order == "channel":
+            scores = _l2_normalised(scores)
         owned = sl.unit_of_channel >= 0
-        total.index_add_(0, sl.unit_of_channel[owned], scores[owned])
+        if not (normalize and order == "unit"):  # channel order: straight into the total (as ever)
+            total.index_add_(0, sl.unit_of_channel[owned], scores[owned])
+            continue
+        per_unit = torch.zeros(kind.num_units, dtype=torch.float32)
+        per_unit.index_add_(0, sl.unit_of_channel[owned], scores[owned])
+        total += _l2_normalised(per_unit)
     return total
 
 

@@ -6,7 +6,8 @@ zeroing those is exactly what physically removing the group does, whatever the b
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -77,6 +78,7 @@ class UnitMasks:
         self._kinds: dict[str, GroupKind] = {}
         self._buffers: dict[tuple[int, str], torch.Tensor] = {}
         self._handles: list = []
+        self.active = True  # False inside :meth:`suspended`: the hooks pass inputs through
 
     def set(self, layer_idx: int, kind: GroupKind, removed: torch.Tensor) -> None:
         """Record which units of ``kind`` in layer ``layer_idx`` are removed."""
@@ -98,7 +100,16 @@ class UnitMasks:
                 weight.device, weight.dtype
             )
             self._buffers[(layer_idx, kind_name)] = keep
-            self._handles.append(module.register_forward_pre_hook(_multiply_input(keep)))
+            self._handles.append(module.register_forward_pre_hook(_multiply_input(keep, self)))
+
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Forward passes inside run unmasked (the dense model, e.g. a distillation teacher)."""
+        previous, self.active = self.active, False
+        try:
+            yield
+        finally:
+            self.active = previous
 
     def remove_hooks(self) -> None:
         for h in self._handles:
@@ -115,8 +126,10 @@ def _any_weight(module: nn.Module) -> torch.Tensor:
     return base.weight
 
 
-def _multiply_input(keep: torch.Tensor):
+def _multiply_input(keep: torch.Tensor, masks: UnitMasks):
     def hook(_module: nn.Module, args: tuple):
+        if not masks.active:
+            return None
         x = args[0]
         return (x * keep.to(x.dtype),) + tuple(args[1:])
 

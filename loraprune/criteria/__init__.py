@@ -14,7 +14,7 @@ from typing import Any
 from loraprune.core.lora import LoraTensors, lora_tensors
 from loraprune.criteria.base import Criterion, Needs, NoOptions
 from loraprune.criteria.llm_pruner import LLMPrunerCriterion, LLMPrunerOptions
-from loraprune.criteria.lora_grad import LoraGradCriterion, estimated_weight_grad
+from loraprune.criteria.lora_grad import LoraGradCriterion, LoraGradOptions, estimated_weight_grad
 from loraprune.criteria.magnitude import MagnitudeCriterion
 from loraprune.criteria.random_scores import RandomCriterion, RandomOptions
 from loraprune.criteria.sparsegpt import SparseGPTCriterion, SparseGPTOptions
@@ -82,6 +82,7 @@ __all__ = [
     "LLMPrunerCriterion",
     "LLMPrunerOptions",
     "LoraGradCriterion",
+    "LoraGradOptions",
     "LoraTensors",
     "MagnitudeCriterion",
     "Needs",

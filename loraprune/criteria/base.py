@@ -76,6 +76,21 @@ class Criterion:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
 
+    def attach(self, modules: list[nn.Module]) -> None:
+        """Before fine-tuning: install what the criterion observes during training forwards (removed by
+        :meth:`release`). Default: nothing."""
+
+    @property
+    def per_micro_batch(self) -> bool:
+        """Whether it reads every micro-batch's gradients (:meth:`accumulate`), not only the step's."""
+        return False
+
+    def reset_accumulation(self) -> None:
+        """A new optimizer step begins: forget the previous step's per-micro-batch accumulation."""
+
+    def accumulate(self, modules: list[nn.Module], count: int) -> None:
+        """Read the gradients one more micro-batch (of ``count`` per step) added to ``modules``'."""
+
     def element_scores(self, module: nn.Module) -> torch.Tensor:
         """One score per weight element of ``module`` (its weight's shape)."""
         raise NotImplementedError(f"criterion {self.name!r} has no element scores")

@@ -11,6 +11,7 @@ Modules, one job each:
 * :mod:`~loraprune.data.eval_text`: :func:`load_eval_text` (rows joined by ``"\\n\\n"``, LLM-Pruner);
 * :mod:`~loraprune.data.prompts` and :mod:`~loraprune.data.finetune`: prompt templates,
   :class:`FinetuneDataSpec`, :func:`build_finetune_dataset`, :func:`collate`;
+* :mod:`~loraprune.data.windows`: random windows of plain text for calibration (LLM-Pruner's draw);
 * :mod:`~loraprune.data.embedded_corpora`: the offline stand-ins ``wiki_embedded`` / ``news_embedded``.
 """
 
@@ -30,14 +31,17 @@ from loraprune.data.mirror import MIRROR_ENV, mirror_root, write_fixture_mirror
 from loraprune.data.prompts import PROMPT_TEMPLATES, PromptTemplate
 from loraprune.data.sources import (
     EMBEDDED_SOURCES,
+    EMBEDDED_VALIDATION,
     FILE_EXTENSIONS,
     validate_eval_source,
     validate_finetune_source,
     validate_text_source,
 )
+from loraprune.data.windows import calibration_windows, check_plain_text_source, random_windows
 
 __all__ = [
     "EMBEDDED_SOURCES",
+    "EMBEDDED_VALIDATION",
     "EVAL_HUB_SOURCES",
     "FILE_EXTENSIONS",
     "HUB_SOURCES",
@@ -50,10 +54,13 @@ __all__ = [
     "PromptTemplate",
     "SourceFileNotFoundError",
     "build_finetune_dataset",
+    "calibration_windows",
+    "check_plain_text_source",
     "collate",
     "instruction_samples",
     "load_eval_text",
     "mirror_root",
+    "random_windows",
     "text_blocks",
     "validate_eval_source",
     "validate_finetune_source",

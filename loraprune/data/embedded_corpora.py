@@ -19,6 +19,11 @@ Fixed fine-tune/test splits (stable: they do not depend on file order or on the 
 * wiki: an article is a **test** article iff ``int(sha1(title.encode("utf-8")).hexdigest(), 16) % 5 == 0``
   (about 20%); all other articles are fine-tune articles. Any fine-tune paragraph that also occurs
   verbatim in a test article is removed from the fine-tune side, so the two sides share no paragraph.
+* wiki validation (held out only on request, ``data.holdout_val=true``): the fine-tune articles ranked
+  by ``sha1(("validation:" + title).encode("utf-8"))``, taken in that order until they hold
+  :data:`WIKI_VAL_FRACTION` of the fine-tune words. Their paragraphs are then removed from the other
+  fine-tune articles, so fine-tune, validation and test share no paragraph. Without the option the
+  fine-tune side is unchanged (the validation articles stay in it).
 * news: a document (the stripped line) is a **test** document iff
   ``int(sha1(doc.encode("utf-8")).hexdigest(), 16) % 2 == 0`` (about 50%); identical documents
   therefore always fall on the same side.
@@ -47,6 +52,8 @@ MIN_PARAGRAPH_WORDS = 8
 """Shorter lines (captions, table cells, leftovers of removed markup) are dropped."""
 WIKI_TEST_MODULUS = 5
 NEWS_TEST_MODULUS = 2
+WIKI_VAL_FRACTION = 0.15
+"""Share of the fine-tune words held out as validation articles (``data.holdout_val``)."""
 
 _DROPPED_SECTIONS = frozenset(
     {
@@ -245,6 +252,37 @@ def embedded_wiki_split() -> tuple[list[Article], list[Article]]:
     """
     finetune, test = _wiki_split()
     return list(finetune), list(test)
+
+
+@functools.lru_cache(maxsize=1)
+def _wiki_validation_split() -> tuple[tuple[Article, ...], tuple[Article, ...]]:
+    finetune, _ = _wiki_split()
+    ranked = sorted(finetune, key=lambda a: hashlib.sha1(("validation:" + a.title).encode("utf-8")).digest())
+    target, words, titles = WIKI_VAL_FRACTION * sum(a.num_words for a in finetune), 0, set()
+    for art in ranked:
+        if words >= target:
+            break
+        titles.add(art.title)
+        words += art.num_words
+    validation = tuple(a for a in finetune if a.title in titles)
+    held_out = {p for a in validation for p in a.paragraphs}
+    rest = tuple(
+        Article(a.title, "\n\n".join(b for b in a.text.split("\n\n") if b not in held_out))
+        for a in finetune
+        if a.title not in titles
+    )
+    return rest, validation
+
+
+def embedded_wiki_validation_split() -> tuple[list[Article], list[Article]]:
+    """The fine-tune side of :func:`embedded_wiki_split` with validation articles held out.
+
+    Returns:
+        ``(finetune without validation, validation)`` article lists in dump order; see the module
+        docstring for the rule.
+    """
+    rest, validation = _wiki_validation_split()
+    return list(rest), list(validation)
 
 
 @functools.lru_cache(maxsize=1)

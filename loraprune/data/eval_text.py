@@ -8,7 +8,7 @@ from pathlib import Path
 from loraprune.data.hub import EVAL_HUB_SOURCES
 from loraprune.data.mirror import MirrorPath
 from loraprune.data.readers import column, embedded_docs, file_texts, load_hub_split
-from loraprune.data.sources import EMBEDDED_SOURCES, validate_eval_source
+from loraprune.data.sources import EMBEDDED_SOURCES, EMBEDDED_VALIDATION, validate_eval_source
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ def load_eval_text(
     """Whole evaluation split as one string, rows joined by ``"\\n\\n"`` (LLM-Pruner protocol, both sets).
 
     Args:
-        name: ``wikitext2``, ``ptb``, ``wiki_embedded``, ``news_embedded`` or a local file path.
+        name: ``wikitext2``, ``ptb``, ``wiki_embedded``, ``news_embedded``, ``wiki_embedded_val`` (the
+            validation articles) or a local file path.
         field: Text field; defaults to the set's own (``text`` for wikitext2 and files, ``sentence`` for
             ptb).
         split: Hub split (defaults: wikitext2 ``test``, ptb ``validation``); ``test`` (default) or
@@ -41,6 +42,8 @@ def load_eval_text(
         texts = column(ds, field or source.field, f"{name} ({source.path})")
     elif name in EMBEDDED_SOURCES:
         texts = embedded_docs(name, split or "test")
+    elif name in EMBEDDED_VALIDATION:
+        texts = embedded_docs(EMBEDDED_VALIDATION[name], "validation")
     else:
         texts = file_texts(Path(name).expanduser(), field or "text")
     text = "\n\n".join(texts)

@@ -18,7 +18,7 @@ from loraprune.data.hub import INSTRUCTION_HUB_SOURCES
 from loraprune.data.mirror import MirrorPath
 from loraprune.data.prompts import PROMPT_TEMPLATES
 from loraprune.data.readers import column, embedded_docs, load_hub_split, load_records, read_text_file
-from loraprune.data.sources import EMBEDDED_SOURCES, validate_finetune_source
+from loraprune.data.sources import EMBEDDED_SOURCES, EMBEDDED_VALIDATION, validate_finetune_source
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class FinetuneDataSpec:
         seed: Seed of the sample selection (a run sets it to ``trainer.seed``).
         field: Text field of record files for ``kind="text"``.
         mirror: Local hub mirror folder (None: ``$LORAPRUNE_HUB_MIRROR``, then the hub).
+        holdout_val: ``wiki_embedded`` only: fine-tune without its validation articles (evaluation set
+            ``wiki_embedded_val``); tuning runs set it, the default keeps the whole fine-tune side.
 
     This is also the ``data`` config node of a run.
     """
@@ -54,6 +56,7 @@ class FinetuneDataSpec:
     seed: int = 0
     field: str = "text"
     mirror: str | None = None
+    holdout_val: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "text", "instruction"):
@@ -72,6 +75,8 @@ class FinetuneDataSpec:
 def validate_finetune_spec(spec: FinetuneDataSpec, *, mirror: MirrorPath = None) -> None:
     """Cheap checks of ``spec`` (:func:`~loraprune.data.sources.validate_finetune_source`); loads nothing."""
     validate_finetune_source(spec.name, kind=spec.kind, mirror=mirror)
+    if spec.holdout_val and spec.name not in EMBEDDED_VALIDATION.values():
+        raise ValueError(f"data.holdout_val: {spec.name!r} has no validation split (wiki_embedded has one)")
 
 
 def _choose(n: int, nsamples: int | None, seed: int, what: str) -> list[int]:
@@ -173,7 +178,8 @@ def build_finetune_dataset(
     """
     validate_finetune_spec(spec, mirror=mirror)
     if spec.name in EMBEDDED_SOURCES:
-        return text_blocks("\n\n".join(embedded_docs(spec.name, "finetune")), tokenizer, spec)
+        docs = embedded_docs(spec.name, "finetune", holdout_val=spec.holdout_val)
+        return text_blocks("\n\n".join(docs), tokenizer, spec)
     path = None if spec.name in INSTRUCTION_HUB_SOURCES else Path(spec.name).expanduser()
     if path is not None and path.suffix.lower() == ".txt":
         return text_blocks(read_text_file(path), tokenizer, spec)

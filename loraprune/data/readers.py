@@ -8,7 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loraprune.data.embedded_corpora import embedded_news_split, embedded_wiki_split
+from loraprune.data.embedded_corpora import (
+    embedded_news_split,
+    embedded_wiki_split,
+    embedded_wiki_validation_split,
+)
 from loraprune.data.errors import first_line
 from loraprune.data.hub import HubSource
 from loraprune.data.mirror import MIRROR_ENV, MirrorPath, load_from_mirror, mirror_root
@@ -88,15 +92,21 @@ def column(ds: Any, field: str, where: str) -> list[str]:
     return ["" if v is None else str(v) for v in ds[field]]
 
 
-def embedded_docs(name: str, side: str) -> list[str]:
-    """Documents of the ``test`` or ``finetune`` side of an embedded corpus."""
-    if side not in ("test", "finetune"):
-        raise ValueError(f"split of {name!r} must be 'test' or 'finetune', got {side!r}")
-    if name == "wiki_embedded":
+def embedded_docs(name: str, side: str, holdout_val: bool = False) -> list[str]:
+    """Documents of the ``test``, ``finetune`` or (wiki only) ``validation`` side of an embedded corpus;
+    ``holdout_val``: the wiki fine-tune side without the validation articles."""
+    if side not in ("test", "finetune", "validation"):
+        raise ValueError(f"split of {name!r} must be 'test', 'finetune' or 'validation', got {side!r}")
+    if name != "wiki_embedded":
+        if holdout_val or side == "validation":
+            raise ValueError(f"{name!r} has no validation split (only wiki_embedded has one)")
+        finetune_docs, test_docs = embedded_news_split()
+        return test_docs if side == "test" else finetune_docs
+    if side == "test" or (side == "finetune" and not holdout_val):
         finetune, test = embedded_wiki_split()
         return [a.text for a in (test if side == "test" else finetune)]
-    finetune_docs, test_docs = embedded_news_split()
-    return test_docs if side == "test" else finetune_docs
+    rest, validation = embedded_wiki_validation_split()
+    return [a.text for a in (validation if side == "validation" else rest)]
 
 
 def file_texts(path: Path, field: str) -> list[str]:

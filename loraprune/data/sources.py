@@ -6,7 +6,9 @@ A source is one of:
   ``alpaca`` for instruction fine-tuning; read from the hub, or from a local mirror
   (:mod:`loraprune.data.mirror`, ``$LORAPRUNE_HUB_MIRROR``);
 * an offline stand-in built from text shipped in ``gensim`` (:mod:`loraprune.data.embedded_corpora`):
-  ``wiki_embedded`` and ``news_embedded``, usable for both purposes (disjoint fine-tune and test sides);
+  ``wiki_embedded`` and ``news_embedded``, usable for both purposes (disjoint fine-tune and test sides),
+  and ``wiki_embedded_val`` for evaluation only (validation articles; fine-tune with
+  ``data.holdout_val=true`` to hold them out);
 * a local file: ``.txt`` (whole file, UTF-8), ``.jsonl`` / ``.json`` / ``.parquet`` (records).
 
 Every check raises a ``ValueError`` whose message is one line that names the source and the fix.
@@ -23,6 +25,8 @@ from loraprune.data.hub import EVAL_HUB_SOURCES, INSTRUCTION_HUB_SOURCES
 from loraprune.data.mirror import MirrorPath, check_mirror, mirror_root
 
 EMBEDDED_SOURCES = ("wiki_embedded", "news_embedded")
+EMBEDDED_VALIDATION = {"wiki_embedded_val": "wiki_embedded"}
+"""Evaluation-only names: the validation articles held out of an embedded corpus's fine-tune side."""
 FILE_EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
 KINDS = ("auto", "text", "instruction")
 HEAD_BYTES = 1 << 16
@@ -103,11 +107,12 @@ def validate_eval_source(name: str, *, split: str | None = None, mirror: MirrorP
         if root is not None:
             check_mirror(EVAL_HUB_SOURCES[name], root, split)
         return
-    if name in EMBEDDED_SOURCES:
+    if name in EMBEDDED_SOURCES or name in EMBEDDED_VALIDATION:
         return
     path = file_path(name)
     if path is None:
-        raise _unknown(name, "eval", (*EVAL_HUB_SOURCES, *EMBEDDED_SOURCES), INSTRUCTION_HUB_SOURCES)
+        known = (*EVAL_HUB_SOURCES, *EMBEDDED_SOURCES, *EMBEDDED_VALIDATION)
+        raise _unknown(name, "eval", known, INSTRUCTION_HUB_SOURCES)
     check_text_file(path)
 
 

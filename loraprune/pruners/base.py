@@ -9,6 +9,7 @@ surgery. One-shot methods are pruners whose schedule is due at step 0: :meth:`Pr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import zlib
 from abc import ABC, abstractmethod
@@ -37,6 +38,7 @@ class PrunerSettings:
 
     ``ratio`` is the group ratio of every prunable layer (structured); ``pattern`` (e.g. ``"2:4"``)
     switches to semi-structured N:M sparsity of every projection of the prunable layers instead.
+    ``normalize_order`` (``channel`` | ``unit``): see :func:`loraprune.core.importance.unit_scores`.
     ``calibration_samples`` / ``calibration_seq_len`` size a criterion's own statistics (``None``: the
     criterion's defaults); ``calibration_batches`` training micro-batches feed the moving average before
     the first step (one at least for a gradient criterion pruning one-shot).
@@ -53,6 +55,7 @@ class PrunerSettings:
     ema_beta: float = 0.9
     ema_init: str = "zero"
     normalize: bool = True
+    normalize_order: str = "channel"
     calibration_samples: int | None = None
     calibration_seq_len: int | None = None
     calibration_batches: int = 0
@@ -152,6 +155,11 @@ class Pruner(ABC):
             crc = zlib.crc32(t.detach().cpu().contiguous().numpy().tobytes(), crc)
         return crc
 
+    def unpruned(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which the model's forward is unpruned (a distillation teacher). Default: no
+        masks to lift; a pruner that changes the weights themselves cannot give one."""
+        return contextlib.nullcontext()
+
     # ------------------------------------------------------------------------------- the life cycle
     @property
     def finished(self) -> bool:
@@ -166,6 +174,7 @@ class Pruner(ABC):
     def prepare(self, data: CalibrationData) -> None:
         """What the criterion needs before the first step; a one-shot pruner prunes here."""
         c, s = self.criterion, self.settings
+        c.attach(self.scored_modules())
         if c.needs.calibration:
             if not self.prunes_at_start:
                 raise ValueError(f"criterion {c.name!r} prunes one-shot at step 0 only")
@@ -187,9 +196,19 @@ class Pruner(ABC):
         self.model.train()
         for batch in data.micro_batches(batches):
             self.model(**batch).loss.backward()
+            self.observe_micro_batch(0, 1)
             self.observe()
             self.model.zero_grad(set_to_none=True)
         self.model.eval()
+
+    def observe_micro_batch(self, index: int, count: int) -> None:
+        """After micro-batch ``index`` of ``count`` (its gradients added to the step's): a criterion
+        that accumulates per micro-batch (``per_micro_batch``) reads them; nothing once finished."""
+        if self.finished or not self.criterion.per_micro_batch:
+            return
+        if index == 0:
+            self.criterion.reset_accumulation()
+        self.criterion.accumulate(self.scored_modules(), count)
 
     def observe(self) -> None:
         """Fold the current gradients' importance into the moving average (nothing once finished)."""

@@ -15,24 +15,28 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CalibrationData:
-    """Tokenized samples (the fine-tune set, already a seeded random choice) and how to batch them."""
+    """Tokenized samples (the fine-tune set, already a seeded random choice) and how to batch them;
+    ``statistics``: other samples for a criterion's own statistics (:meth:`batches`; e.g. random windows
+    of plain text), ``None``: the fine-tune samples."""
 
     samples: Sequence[dict]
     pad_token_id: int
     micro_batch_size: int = 1
     device: torch.device | str = "cpu"
+    statistics: Sequence[dict] | None = None
 
     def batches(self, nsamples: int, seq_len: int | None) -> list[dict[str, torch.Tensor]]:
-        """The first ``nsamples`` samples, each cut to ``seq_len`` tokens (``None``: as long as it is),
-        one sample per batch (no padding)."""
+        """The first ``nsamples`` samples (of :attr:`statistics` when given), each cut to ``seq_len``
+        tokens (``None``: as long as it is), one sample per batch (no padding)."""
+        samples = self.samples if self.statistics is None else self.statistics
         if nsamples < 1:
             raise ValueError(f"calibration needs at least one sample, got {nsamples}")
-        if not self.samples:
+        if not samples:
             raise ValueError("no samples to calibrate on")
-        if nsamples > len(self.samples):
-            log.warning("calibration: asked for %d samples, only %d available", nsamples, len(self.samples))
+        if nsamples > len(samples):
+            log.warning("calibration: asked for %d samples, only %d available", nsamples, len(samples))
         out = []
-        for sample in self.samples[:nsamples]:
+        for sample in samples[:nsamples]:
             cut = {k: list(v)[:seq_len] if seq_len else list(v) for k, v in sample.items()}
             out.append(self._to_device(collate([cut], self.pad_token_id)))
         return out

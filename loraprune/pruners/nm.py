@@ -151,3 +151,7 @@ class NMPruner(Pruner):
 
     def result(self) -> PruneResult:
         return PruneResult(PruningPlan(self.geo, self.settings.attention_unit), self.masks, self.pattern)
+
+    def unpruned(self):
+        """No unpruned forward: switched rows' pretrained weights are zeroed in place."""
+        raise RuntimeError("N:M pruning zeroes the pretrained weights: no dense teacher to distil from")

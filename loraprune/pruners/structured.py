@@ -62,7 +62,9 @@ class GroupPruner(Pruner):
     @torch.no_grad()
     def current_scores(self) -> dict[tuple[int, str], torch.Tensor]:
         return {
-            (i, kind.name): unit_scores(self.layers[i], kind, self.criterion, self.settings.normalize)
+            (i, kind.name): unit_scores(
+                self.layers[i], kind, self.criterion, self.settings.normalize, self.settings.normalize_order
+            )
             for i in self.prunable
             for kind in self.kinds
         }
@@ -124,3 +126,7 @@ class GroupPruner(Pruner):
 
     def remove_hooks(self) -> None:
         self.masks.remove_hooks()
+
+    def unpruned(self):
+        """Masks lifted (the pretrained weights are never changed while masked)."""
+        return self.masks.suspended()

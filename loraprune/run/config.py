@@ -43,11 +43,16 @@ class LoraConfig:
 class CalibrationConfig:
     """Calibration before the first step: a criterion's own statistics on ``samples`` samples of
     ``seq_len`` tokens (``None``: the criterion's defaults), and ``batches`` training micro-batches that
-    feed the moving average first (a gradient criterion pruning one-shot uses at least one)."""
+    feed the moving average first (a gradient criterion pruning one-shot uses at least one).
+    ``draw``: ``first`` (the first fine-tune samples, cut to ``seq_len``) or ``windows`` (random windows of
+    ``seq_len`` tokens of plain text, LLM-Pruner's own draw: ``text``, else the fine-tune text when it is
+    plain, else ``wiki_embedded``; ``seq_len`` null: ``data.cutoff_len``)."""
 
     samples: int | None = None
     seq_len: int | None = None
     batches: int = 0
+    draw: str = "first"
+    text: str | None = None
 
 
 @dataclass
@@ -61,6 +66,7 @@ class MethodConfig:
     ema_beta: float = 0.9
     ema_init: str = "zero"
     normalize: bool = True
+    normalize_order: str = "channel"  # channel | unit (the reference: sum per head, then normalise)
     finetune: bool = True
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     options: Any = field(default_factory=dict)  # typed per criterion: method/options/<criterion>
@@ -92,7 +98,20 @@ class PruneConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation from the dense teacher during fine-tuning (every method): loss = CE + ``weight`` ·
+    T²·KL(teacher ‖ student) at temperature ``temperature``; the teacher is the model with LoRA disabled
+    and the masks lifted (one extra forward). ``weight`` 0: off."""
+
+    weight: float = 0.0
+    temperature: float = 1.0
+
+
+@dataclass
 class TrainerConfig:
+    """The LoRA fine-tuning loop. ``observe_after_clip``: the pruner reads the LoRA gradients after
+    clipping to ``max_grad_norm`` (the reference code) instead of before (only LoRA is clipped)."""
+
     steps: int | None = 100
     epochs: float | None = None
     batch_size: int = 4
@@ -107,6 +126,8 @@ class TrainerConfig:
     seed: int = 42
     gradient_checkpointing: bool = False
     save_every: int = 50  # checkpoint (LoRA, optimizer, pruner, RNG, data position) every N steps; 0: never
+    observe_after_clip: bool = False
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass

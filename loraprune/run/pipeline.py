@@ -21,7 +21,7 @@ from loraprune.core.nm import sparsity_report
 from loraprune.core.plan import PruningPlan
 from loraprune.core.schedule import build_schedule
 from loraprune.core.surgery import count_parameters, decoder_parameters
-from loraprune.criteria import build_criterion
+from loraprune.criteria import CRITERIA, build_criterion
 from loraprune.evaluation import sparse_speed
 from loraprune.evaluation.ppl import perplexity, tokenize_stream
 from loraprune.export.card import cli_command
@@ -94,7 +94,11 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
             pruner = make_pruner(peft_model, plan, steps)
             device = next(p for p in peft_model.parameters() if p.requires_grad).device
             calibration = CalibrationData(
-                samples, tokenizer.pad_token_id, plan.cfg.trainer.micro_batch_size, device
+                samples,
+                tokenizer.pad_token_id,
+                plan.cfg.trainer.micro_batch_size,
+                device,
+                statistics_samples(plan, tokenizer),
             )
             pruner.prepare(calibration)
             distributed.sync_decision(pruner, accelerator, weights=True)
@@ -190,6 +194,18 @@ def load_finetune_data(plan: RunPlan, tokenizer) -> tuple[list[dict], int]:
     samples = data.build_finetune_dataset(d, tokenizer, mirror=d.mirror)
     steps = t.steps if t.steps is not None else steps_for(t.epochs, len(samples), t.batch_size)
     return samples, steps if plan.cfg.method.finetune else 0
+
+
+def statistics_samples(plan: RunPlan, tokenizer) -> list[dict] | None:
+    """Random windows of plain text for a calibrating criterion when ``method.calibration.draw=windows``
+    (``None``: its statistics use the first fine-tune samples)."""
+    c, d = plan.cfg.method.calibration, plan.cfg.data
+    criterion = CRITERIA[plan.cfg.method.criterion]
+    if c.draw != "windows" or not criterion.needs.calibration:
+        return None
+    count = c.samples or criterion.calibration_samples
+    seq_len = c.seq_len or criterion.calibration_seq_len or d.cutoff_len
+    return data.calibration_windows(d, tokenizer, count, seq_len, c.text)
 
 
 def describe_run(plan: RunPlan, steps: int, model) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from loraprune import data
 from loraprune.core.budget import ratio_for_param_fraction
+from loraprune.core.importance import NORMALIZE_ORDERS
 from loraprune.core.structure import (
     ALL_PROJECTIONS,
     Geometry,
@@ -160,9 +161,17 @@ def _validate_method(cfg: LoraPruneConfig) -> None:
     )
     _check(m.kind in ("iterative", "one_shot"), f"method.kind must be iterative or one_shot, got {m.kind!r}")
     try:
-        build_options(m.criterion, m.options)
+        options = build_options(m.criterion, m.options)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from e
+    _check(
+        getattr(options, "accumulate", "mean") != "fisher" or cfg.prune.pattern is None,
+        "method.options.accumulate=fisher scores channels: structured pruning only (not prune.pattern)",
+    )
+    _check(
+        getattr(options, "activations", 0.0) == 0 or cfg.prune.pattern is None,
+        "method.options.activations scores channels: structured pruning only (not prune.pattern)",
+    )
     criterion = CRITERIA[m.criterion]
     schedule, at_step = effective_schedule(cfg)
     _check(
@@ -177,8 +186,20 @@ def _validate_method(cfg: LoraPruneConfig) -> None:
     _check(c.samples is None or c.samples >= 1, f"method.calibration.samples must be >= 1, got {c.samples}")
     _check(c.seq_len is None or c.seq_len >= 2, f"method.calibration.seq_len must be >= 2, got {c.seq_len}")
     _check(c.batches >= 0, f"method.calibration.batches must be >= 0, got {c.batches}")
+    _check(
+        c.draw in ("first", "windows"), f"method.calibration.draw must be first or windows, got {c.draw!r}"
+    )
+    if c.text is not None:
+        try:
+            data.check_plain_text_source(c.text)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     _check(0.0 <= m.ema_beta < 1.0, f"method.ema_beta must be in [0, 1), got {m.ema_beta}")
     _check(m.ema_init in ("zero", "first"), f"method.ema_init must be zero or first, got {m.ema_init!r}")
+    _check(
+        m.normalize_order in NORMALIZE_ORDERS,
+        f"method.normalize_order must be channel or unit, got {m.normalize_order!r}",
+    )
 
 
 def _validate_training(cfg: LoraPruneConfig) -> None:
@@ -195,6 +216,12 @@ def _validate_training(cfg: LoraPruneConfig) -> None:
     )
     _check(t.lr > 0, f"trainer.lr must be > 0, got {t.lr}")
     _check(t.save_every >= 0, f"trainer.save_every must be >= 0 (0: never), got {t.save_every}")
+    _check(t.distill.weight >= 0, f"trainer.distill.weight must be >= 0, got {t.distill.weight}")
+    _check(t.distill.temperature > 0, f"trainer.distill.temperature must be > 0, got {t.distill.temperature}")
+    _check(
+        t.distill.weight == 0 or cfg.prune.pattern is None,
+        "trainer.distill: N:M pruning zeroes the pretrained weights, so there is no dense teacher",
+    )
     _check(cfg.data.cutoff_len >= 2, f"data.cutoff_len must be >= 2, got {cfg.data.cutoff_len}")
     _check(
         cfg.data.nsamples is None or cfg.data.nsamples >= 1,
@@ -219,6 +246,20 @@ def _validate_sources(cfg: LoraPruneConfig) -> None:
     # The embedded corpora have disjoint fine-tune/test sides; a file has no split to protect it.
     overlap = [n for n in cfg.eval.ppl_sets if n == cfg.data.name and n not in data.EMBEDDED_SOURCES]
     _check(not overlap, f"eval.ppl_sets {overlap} is the fine-tune data itself: evaluate on held-out text")
+    inside = [
+        n
+        for n in cfg.eval.ppl_sets
+        if data.EMBEDDED_VALIDATION.get(n) == cfg.data.name and not cfg.data.holdout_val
+    ]
+    _check(
+        not inside,
+        f"eval.ppl_sets {inside}: those validation articles are fine-tune data unless held out; "
+        "set data.holdout_val=true",
+    )
+    _check(
+        not cfg.data.holdout_val or cfg.data.name in data.EMBEDDED_VALIDATION.values(),
+        f"data.holdout_val: {cfg.data.name!r} has no validation split (wiki_embedded has one)",
+    )
 
 
 # ----------------------------------------------------------------------------------------- resolve
@@ -266,6 +307,7 @@ def _pruner_settings(cfg: LoraPruneConfig, ratio: float, excluded: list[int]) ->
         ema_beta=m.ema_beta,
         ema_init=m.ema_init,
         normalize=m.normalize,
+        normalize_order=m.normalize_order,
         calibration_samples=m.calibration.samples,
         calibration_seq_len=m.calibration.seq_len,
         calibration_batches=m.calibration.batches,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from loraprune.data import collate
 from loraprune.pruners import Pruner
-from loraprune.run.config import TrainerConfig
+from loraprune.run.config import DistillConfig, TrainerConfig
 from loraprune.run.resume import Checkpointer, LoopState
 
 
@@ -38,8 +38,15 @@ def cycle_batches(samples: Sequence[dict], micro_batch_size: int, seed: int) -> 
 class StepHooks:
     """What the loop calls around each optimizer step (the pruner plugs in here)."""
 
+    def after_micro_batch(self, step: int, index: int, count: int) -> None:
+        """Micro-batch ``index`` of ``count`` of this step has added its gradients."""
+
     def after_accumulation(self, step: int) -> None:
         """Gradients of this step are complete; the optimizer has not stepped yet."""
+
+    def unpruned(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which the model runs unpruned (the distillation teacher)."""
+        return contextlib.nullcontext()
 
     def after_step(self, step: int) -> dict[str, float]:
         """The optimizer has stepped; returns extra values to log."""
@@ -59,8 +66,14 @@ class PruningHooks(StepHooks):
     def __init__(self, pruner: Pruner, total_steps: int) -> None:
         self.pruner, self.total_steps = pruner, total_steps
 
+    def after_micro_batch(self, step: int, index: int, count: int) -> None:
+        self.pruner.observe_micro_batch(index, count)
+
     def after_accumulation(self, step: int) -> None:
         self.pruner.observe()
+
+    def unpruned(self) -> contextlib.AbstractContextManager[None]:
+        return self.pruner.unpruned()
 
     def after_step(self, step: int) -> dict[str, float]:
         before = self.pruner.progress
@@ -82,6 +95,42 @@ class PruningHooks(StepHooks):
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+
+
+def distillation_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """T²·KL(p_teacher ‖ p_student) of the softened next-token distributions, averaged over the
+    attended positions."""
+    t = temperature
+    log_p = torch.log_softmax(teacher_logits.float() / t, dim=-1)
+    log_q = torch.log_softmax(student_logits.float() / t, dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    mask = attention_mask.to(kl.dtype)
+    return t * t * (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def distilled_loss(
+    model: nn.Module,
+    batch: dict,
+    distill: DistillConfig,
+    unpruned: contextlib.AbstractContextManager,
+    student: nn.Module | None = None,
+) -> torch.Tensor:
+    """Cross-entropy + ``distill.weight`` · :func:`distillation_kl` against the dense teacher: the same
+    model with LoRA disabled (peft's ``disable_adapter``) and the masks lifted (``unpruned``), one
+    extra forward without gradients. ``student``: the model's trainable wrapper (DDP), if any."""
+    if not hasattr(model, "disable_adapter"):
+        raise ValueError("distillation needs a peft model (the teacher is the model with LoRA disabled)")
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad(), unpruned, model.disable_adapter():
+        teacher = model(**inputs).logits
+    out = (student or model)(**batch)
+    kl = distillation_kl(out.logits, teacher, batch["attention_mask"], distill.temperature)
+    return out.loss + distill.weight * kl
 
 
 def finetune(
@@ -140,6 +189,7 @@ def finetune(
         total=steps,
         disable=not _is_main(accelerator),
     )
+    distill = settings.distill
     for step in bar:
         loss_value, step_tokens = 0.0, 0
         for j in range(accumulation):
@@ -148,17 +198,24 @@ def finetune(
                 continue
             batch = {k: v.to(device) for k, v in collate(micro_batch, pad_token_id).items()}
             sync = j == mine[-1] or accelerator is None  # DDP averages gradients at the last backward
-            with nullcontext() if sync else accelerator.no_sync(ddp):
-                loss = ddp(**batch).loss / len(mine)
+            with contextlib.nullcontext() if sync else accelerator.no_sync(ddp):
+                if distill.weight > 0:
+                    loss = distilled_loss(model, batch, distill, hooks.unpruned(), student=ddp) / len(mine)
+                else:
+                    loss = ddp(**batch).loss / len(mine)
                 loss.backward()
+            hooks.after_micro_batch(step, j - mine[0], len(mine))
             loss_value += loss.item()
             step_tokens += int(batch["attention_mask"].sum())
         if accelerator is not None:
             loss_value, step_tokens = _global_loss_and_tokens(loss_value, step_tokens, accelerator)
         tokens += step_tokens
-        hooks.after_accumulation(step)
+        if not settings.observe_after_clip:
+            hooks.after_accumulation(step)
         if settings.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+        if settings.observe_after_clip:  # the reference reads the LoRA gradients after clipping
+            hooks.after_accumulation(step)
         optimizer.step()
         scheduler.step()
         model.zero_grad(set_to_none=True)
