@@ -118,6 +118,8 @@ def test_offline_wandb_sweep_run_holds_config_steps_metrics_tables_and_group(tmp
     run_dir = sweep / "0_loraprune_r0.2"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     (wandb_run,) = sorted((run_dir / "wandb").glob("offline-run-*"))
+    # the run's W&B id is kept in its run dir, so resume=true continues the same W&B run
+    assert wandb_run.name.endswith("-" + (run_dir / "wandb_run_id.txt").read_text())
     wb = offline_run_contents(wandb_run)
 
     # one group per sweep, named after the sweep directory

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,6 +68,9 @@ class ConsoleLogger:
         pass
 
 
+WANDB_RUN_ID = "wandb_run_id.txt"  # the W&B run a resumed run continues
+
+
 class WandbLogger:
     """Weights & Biases: config, per-step values, per-layer kept widths, final metrics and tables.
 
@@ -94,7 +98,11 @@ class WandbLogger:
         if mode not in ("online", "offline", "disabled"):
             raise ValueError(f"logger.wandb.mode must be online, offline or disabled, got {mode!r}")
         self._wandb = wandb
+        id_file = Path(run_dir) / WANDB_RUN_ID  # kept while the run dir is resumed (resume=true)
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         self.run = wandb.init(
+            id=run_id,
+            resume="allow",
             project=project,
             entity=entity,
             name=name,
@@ -104,6 +112,7 @@ class WandbLogger:
             dir=str(run_dir),
             reinit="finish_previous",
         )
+        id_file.write_text(self.run.id)
 
     def log_config(self, config: dict[str, Any]) -> None:
         self.run.config.update(config, allow_val_change=True)

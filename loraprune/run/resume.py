@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from loraprune.run.failure import FAILED, TRACEBACK
+from loraprune.run.loggers import WANDB_RUN_ID
 
 log = logging.getLogger("loraprune")
 
@@ -106,7 +107,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def start_fresh(run_dir: Path) -> None:
     """Forget what an earlier attempt left: its checkpoints, step log and failure record."""
     shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
-    for name in (STEPS_LOG, "metrics.json", FAILED, TRACEBACK):
+    for name in (STEPS_LOG, "metrics.json", FAILED, TRACEBACK, WANDB_RUN_ID):
         (Path(run_dir) / name).unlink(missing_ok=True)
 
 
