@@ -31,6 +31,7 @@ from loraprune.run.config import LoraPruneConfig
 from loraprune.run.loggers import Logger, build_logger
 from loraprune.run.memory import PeakMemory
 from loraprune.run.models import load_model, model_path
+from loraprune.run.quantize import quantize_base
 from loraprune.run.resolve import ConfigError, RunPlan, resolve
 from loraprune.run.shapes import weights_kind
 from loraprune.run.train import PruningHooks, finetune, steps_for
@@ -63,6 +64,8 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
         metrics = describe_run(plan, steps, model)
         if plan.cfg.eval.dense:
             metrics["dense"] = evaluate(model, tokenizer, plan.cfg, streams, "dense")
+        if plan.cfg.model.quantize:  # after the dense evaluation: the base as loaded is the reference
+            quantize_base(model, plan.cfg.model.quantize)
         with PeakMemory() as memory:
             peft_model = add_lora(model, plan.cfg.lora)
             pruner = make_pruner(peft_model, plan, steps)
@@ -158,6 +161,7 @@ def describe_run(plan: RunPlan, steps: int, model) -> dict[str, Any]:
             "dir": str(plan.run_dir),
             "model": cfg.model.name,
             "weights": weights_kind(cfg.model),
+            "quantize": cfg.model.quantize,
             "method": cfg.method.name,
             "criterion": cfg.method.criterion,
             "ratio": cfg.prune.ratio,
