@@ -25,7 +25,7 @@ def check_backend(kind: str | None) -> None:
     if kind not in QUANTIZE:
         raise ValueError(f"model.quantize must be null, int8 or nf4, got {kind!r}")
     if kind == "int8" and importlib.util.find_spec("torchao") is None:
-        raise ValueError("model.quantize=int8 needs torchao (pip install "torchao>=0.18", or scripts/setup.sh)")
+        raise ValueError("model.quantize=int8 needs torchao: pip install 'torchao>=0.18' (scripts/setup.sh)")
     if kind == "nf4":
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError(
