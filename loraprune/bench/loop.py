@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from loraprune.bench.process import Peak, cpu_counters
+from loraprune.core.lora import is_quantized
 from loraprune.core.schedule import build_schedule
 from loraprune.core.structure import Geometry, default_excluded_layers
 from loraprune.criteria import build_criterion
@@ -88,6 +89,7 @@ def measure_loop(
     over the steps after the first, a warm-up), CPU time and page faults per step."""
     samples = random_samples(model.config.vocab_size, max(batch * 2, 10), seq_len)
     trainer = TrainerConfig(batch_size=batch, micro_batch_size=batch, warmup_steps=0, seed=0)
+    touch_weights(model)
     peak = Peak(device)
     peak.start()
     started = time.perf_counter()
@@ -121,6 +123,15 @@ def measure_loop(
         **memory,
         **timer.summary(),
     }
+
+
+@torch.no_grad()
+def touch_weights(model: torch.nn.Module) -> None:
+    """Read every weight once, so that weights loaded lazily (memory-mapped safetensors) are resident
+    before the baseline is taken: the peak is then above the whole loaded model."""
+    for p in model.parameters():
+        if not is_quantized(p):  # a quantized weight was written in memory by the quantization
+            p.sum()
 
 
 class PhaseTimer(StepHooks):
