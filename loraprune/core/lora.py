@@ -21,10 +21,21 @@ class LoraTensors:
 
     def effective_weight(self) -> torch.Tensor:
         """W + s·B·A (just W without LoRA), detached, in float32."""
-        w = self.weight.detach().float()
+        w = dense_weight(self.weight).detach().float()
         if self.lora_a is None:
             return w
         return w + self.scaling * (self.lora_b.detach().float() @ self.lora_a.detach().float())
+
+
+def is_quantized(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` is a quantized tensor subclass (e.g. torchao's int8) with its own
+    ``dequantize`` (a plain tensor's ``dequantize`` is torch's, for torch's own quantized dtypes)."""
+    return getattr(type(weight), "dequantize", None) is not torch.Tensor.dequantize
+
+
+def dense_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as a plain tensor in its original dtype: a quantized base weight dequantized."""
+    return weight.dequantize() if is_quantized(weight) else weight
 
 
 def lora_tensors(module: nn.Module) -> LoraTensors:

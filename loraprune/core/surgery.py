@@ -5,15 +5,39 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from loraprune.core.lora import dense_weight, is_quantized
 from loraprune.core.plan import PruningPlan, head_channels
 from loraprune.core.structure import Geometry, decoder_layers
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold LoRA into the base weights (W ← W + s·B·A) and return the plain transformers model."""
+    """Fold LoRA into the base weights (W ← W + s·B·A) and return the plain transformers model.
+
+    A quantized base (``model.quantize``) is dequantized first: W ← deq(W) + s·B·A in the dtype the base
+    was loaded in, so the result holds plain bf16/fp32 weights.
+    """
+    if any(is_quantized(p) for p in model.parameters()):
+        merge_into_dequantized(model)
+        return model.unload() if hasattr(model, "unload") else model
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
     return model
+
+
+@torch.no_grad()
+def merge_into_dequantized(model: nn.Module) -> None:
+    """Replace every quantized weight by its dequantized value, plus the LoRA update of the active
+    adapter where the layer carries one (peft's ``get_delta_weight``); LoRA layers stay in place."""
+    for module in model.modules():
+        base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+        weight = getattr(base, "weight", None)
+        if weight is None or not is_quantized(weight):
+            continue
+        dense = dense_weight(weight).clone()
+        for name in getattr(module, "active_adapters", []) if base is not module else []:
+            if name in getattr(module, "lora_A", {}):
+                dense += module.get_delta_weight(name).to(dense.dtype)
+        base.weight = nn.Parameter(dense, requires_grad=False)
 
 
 def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:

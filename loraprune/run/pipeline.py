@@ -33,6 +33,7 @@ from loraprune.run.config import LoraPruneConfig
 from loraprune.run.loggers import Logger, MultiLogger, build_logger
 from loraprune.run.memory import PeakMemory
 from loraprune.run.models import load_model, model_path
+from loraprune.run.quantize import quantize_base
 from loraprune.run.resolve import ConfigError, RunPlan, resolve
 from loraprune.run.resume import (
     Checkpointer,
@@ -88,6 +89,8 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
         earlier = earlier_metrics(plan.run_dir) if plan.cfg.resume else {}  # measured before the kill
         if plan.cfg.eval.dense and main:
             metrics["dense"] = earlier.get("dense") or evaluate(model, tokenizer, plan.cfg, streams, "dense")
+        if plan.cfg.model.quantize:  # after the dense evaluation: the base as loaded is the reference
+            quantize_base(model, plan.cfg.model.quantize)
         with PeakMemory() as memory:
             peft_model = add_lora(model, plan.cfg.lora)
             distributed.share_trainable(peft_model, accelerator)
@@ -216,6 +219,7 @@ def describe_run(plan: RunPlan, steps: int, model) -> dict[str, Any]:
             "dir": str(plan.run_dir),
             "model": cfg.model.name,
             "weights": weights_kind(cfg.model),
+            "quantize": cfg.model.quantize,
             "method": cfg.method.name,
             "criterion": cfg.method.criterion,
             "ratio": cfg.prune.ratio,

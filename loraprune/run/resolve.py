@@ -89,6 +89,25 @@ def validate(cfg: LoraPruneConfig) -> None:
     _validate_method(cfg)
     _validate_training(cfg)
     _validate_sources(cfg)
+    _validate_quantize(cfg)
+
+
+def _validate_quantize(cfg: LoraPruneConfig) -> None:
+    from loraprune.run.quantize import check_backend
+
+    q = cfg.model.quantize
+    if q is None:
+        return
+    try:
+        check_backend(q)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    _check(
+        not CRITERIA[cfg.method.criterion].needs.weight_grads,
+        f"model.quantize={q}: criterion {cfg.method.criterion!r} needs ∂L/∂W of the frozen base, which a "
+        "quantized base has not; use a criterion without it (e.g. loraprune)",
+    )
+    _check(cfg.prune.pattern is None, f"model.quantize={q} is for structured pruning, not prune.pattern")
 
 
 def _validate_prune(cfg: LoraPruneConfig) -> None:

@@ -1,0 +1,48 @@
+"""A quantized frozen base (``model.quantize``): the decoder's projections held in 8 bits (torchao int8
+weight-only) or 4 bits (bitsandbytes NF4) while LoRA fine-tunes and the pruner scores.
+
+peft wraps torchao-quantized ``Linear`` layers in its ``TorchaoLoraLinear`` (LoRA in full precision on
+top); importance reads the dequantized weight (:func:`loraprune.core.lora.dense_weight`); the final merge
+dequantizes, adds ``s·B·A`` and removes the pruned groups, giving a bf16/fp32 pruned model
+(:func:`loraprune.core.surgery.merge_lora`). Embeddings, norms and the LM head stay as loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from torch import nn
+
+from loraprune.core.structure import decoder_layers
+
+QUANTIZE = ("int8", "nf4")
+
+
+def check_backend(kind: str | None) -> None:
+    """Raise a one-line ValueError when ``kind`` is unknown or its backend is not installed."""
+    if kind is None:
+        return
+    if kind not in QUANTIZE:
+        raise ValueError(f"model.quantize must be null, int8 or nf4, got {kind!r}")
+    if kind == "int8" and importlib.util.find_spec("torchao") is None:
+        raise ValueError("model.quantize=int8 needs torchao: pip install 'torchao>=0.18' (scripts/setup.sh)")
+    if kind == "nf4":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError(
+                "model.quantize=nf4 needs bitsandbytes (pip install bitsandbytes), not installed"
+            )
+        raise ValueError(
+            "model.quantize=nf4 (bitsandbytes) is not wired in yet: peft's bnb LoRA layers need the model "
+            "loaded through transformers' BitsAndBytesConfig on a supported backend; use model.quantize=int8"
+        )
+
+
+def quantize_base(model: nn.Module, kind: str) -> nn.Module:
+    """Quantize every ``nn.Linear`` of the decoder layers in place (before LoRA is added); returns
+    ``model``."""
+    check_backend(kind)
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    layers = decoder_layers(model)
+    quantize_(layers, Int8WeightOnlyConfig(), filter_fn=lambda m, _fqn: isinstance(m, nn.Linear))
+    return model

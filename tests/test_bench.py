@@ -1,0 +1,57 @@
+"""``loraprune-bench`` at tiny size produces every figure (no assertion on speed: CI machines vary)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loraprune.bench import cli
+from loraprune.bench.loop import PHASES
+
+TINY = ["--model", "tiny", "--steps", "2", "--batch", "2", "--seq-len", "16", "--threads", "1"]
+TINY += ["--prefill-batch", "2", "--prefill-len", "16", "--prompt-len", "4", "--new-tokens", "3"]
+TINY += ["--repeats", "1", "--ppl-windows", "2", "--eval-batch", "2", "--zeroshot-limit", "2"]
+
+
+def test_bench_produces_every_figure_at_tiny_size(tmp_path, capsys):
+    cli.main([*TINY, "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bench.json").read_text())
+    markdown = capsys.readouterr().out
+    assert (tmp_path / "bench.md").read_text() == markdown
+    assert result["settings"]["weights"] == "random" and "weights: random" in markdown
+    assert result["machine"]["command"].startswith("loraprune-bench --model tiny")
+    assert result["machine"]["date"] and result["machine"]["cores"] >= 1
+    # 1 and 2: one process per variant, each with its own peak above its own loaded model
+    loops = result["loops"]
+    assert list(loops) == ["lora", "loraprune", "grad", "llm_pruner"]
+    for run in loops.values():
+        assert run["rss_baseline_gib"] > 0 and run["cpu_peak_rss_gib"] >= run["rss_baseline_gib"]
+        assert run["tokens_per_s"] > 0 and set(run["phase_s"]) == set(PHASES)
+    assert loops["lora"]["phase_s"]["scoring"] < loops["grad"]["step_s"]  # no pruner: nothing scored
+    # 3: dense and the two pruned models, smaller in parameters and FLOPs
+    rows = result["inference"]["rows"]
+    assert [r["ratio"] for r in rows] == [0.0, 0.2, 0.5]
+    assert rows[0]["param_ratio"] == 1 and 1 > rows[1]["param_ratio"] > rows[2]["param_ratio"]
+    assert 1 > rows[1]["flop_ratio"] > rows[2]["flop_ratio"]
+    assert all(r["prefill_tokens_per_s"] > 0 for r in rows)
+    # 4: perplexity and zero-shot throughput
+    ev = result["evaluation"]
+    assert ev["ppl_tokens_per_s"] > 0 and ev["zeroshot_examples"] == 2
+    for title in ("1. Peak memory", "2. Loop throughput", "3. Pruned vs dense", "4. Evaluation throughput"):
+        assert f"### {title}" in markdown
+    assert "loraprune / grad" in markdown and "loraprune / llm_pruner" in markdown
+    assert "loraprune / lora tokens/s" in markdown
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "shape:llama_99b"], "unknown model shape 'llama_99b'"),
+        (["--model", "./no/such/dir"], "has no config.json"),
+        (["--quantize", "nf4", "--model", "tiny"], "model.quantize=nf4"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_work(args, message, capsys):
+    with pytest.raises(SystemExit, match=f"loraprune: error: .*{message}"):
+        cli.main(args)
