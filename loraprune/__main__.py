@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from loraprune.run.config import register_configs
 from loraprune.run.failure import first_line, write_failure
 from loraprune.run.pipeline import run
-from loraprune.run.resolve import ConfigError
+from loraprune.run.resolve import ConfigError, MachineError
 
 register_configs()
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -27,7 +27,7 @@ def _main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg)["objective"]
     except ConfigError as e:  # a bad input: one clear line, no traceback, nothing left behind
-        if multirun:
+        if multirun and not isinstance(e, MachineError):  # a cell's own problem: the others go on
             return _record_failure(e, cfg)
         _discard_hydra_only_run_dir()
         print(f"loraprune: error: {e}", file=sys.stderr)

@@ -40,6 +40,11 @@ class ConfigError(ValueError):
     """A run config that cannot work; raised before heavy work starts."""
 
 
+class MachineError(ConfigError):
+    """The machine cannot run the config (e.g. CUDA asked for, none here): every job of a sweep would fail
+    the same way, so a sweep stops at the first instead of recording each."""
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -256,6 +261,9 @@ def _validate_sources(cfg: LoraPruneConfig) -> None:
     try:
         device = resolve_device(cfg.trainer.device)
         resolve_dtype(cfg.trainer.dtype, device)
+    except ValueError as e:
+        raise MachineError(str(e)) from e
+    try:
         model_location(cfg.model.source, model_path(cfg.model))
         data.validate_finetune_source(cfg.data.name, kind=cfg.data.kind, mirror=cfg.data.mirror)
         for name in cfg.eval.ppl_sets:
