@@ -62,3 +62,19 @@ def run_cli(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def lora_with_random_b(model, r: int):
+    """``model`` under peft LoRA (rank ``r``, α = 2r, all seven projections) with seeded nonzero B, so
+    the LoRA update and its gradients are nonzero from the start."""
+    from peft import LoraConfig, get_peft_model
+
+    from loraprune.core.structure import ALL_PROJECTIONS
+
+    pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(ALL_PROJECTIONS)))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return pm

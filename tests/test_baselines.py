@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose
+from conftest import compose, lora_with_random_b
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
@@ -205,13 +205,7 @@ def test_input_square_norms_match_manual_hook():
 
 # ------------------------------------------------------------------ one-shot: exact ratio, masked == pruned
 def _lora(model):
-    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(ALL_PROJECTIONS)))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return pm
+    return lora_with_random_b(model, r=4)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

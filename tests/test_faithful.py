@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import lora_with_random_b
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from loraprune.core.importance import unit_scores
-from loraprune.core.structure import ALL_PROJECTIONS, GroupKind, Slice
+from loraprune.core.structure import GroupKind, Slice
 from loraprune.criteria import Criterion, estimated_weight_grad
 from loraprune.run.config import TrainerConfig
 from loraprune.run.models import TinySpec, load_model
@@ -20,16 +21,8 @@ def _tiny():
     return load_model("tiny", tiny=TinySpec(num_heads=4, num_kv_heads=4), dtype="float32", device="cpu")
 
 
-def _lora(model, dropout: float = 0.0):
-    pm = get_peft_model(
-        model, LoraConfig(r=2, lora_alpha=4, lora_dropout=dropout, target_modules=list(ALL_PROJECTIONS))
-    )
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return pm
+def _lora(model):
+    return lora_with_random_b(model, r=2)
 
 
 def _samples(n: int = 4, length: int = 12, seed: int = 0) -> list[dict]:
