@@ -5,10 +5,12 @@ from __future__ import annotations
 import warnings
 
 from loraprune.run.config import LoraConfig
+from loraprune.run.fast_dropout import use_fast_dropout
 
 
 def add_lora(model, lora: LoraConfig):
-    """Wrap ``model`` with peft LoRA adapters (the base frozen; LoRA in fp32 even on a bf16 base)."""
+    """Wrap ``model`` with peft LoRA adapters (the base frozen; LoRA in fp32 even on a bf16 base); with
+    ``lora.fast_dropout`` the branches' dropout is :class:`~loraprune.run.fast_dropout.FastDropout`."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -27,4 +29,7 @@ def add_lora(model, lora: LoraConfig):
         warnings.filterwarnings(
             "ignore", message="TorchaoLoraLinear was instantiated without", category=UserWarning
         )
-        return get_peft_model(model, peft_cfg)
+        peft_model = get_peft_model(model, peft_cfg)
+    if lora.fast_dropout:
+        use_fast_dropout(peft_model)
+    return peft_model

@@ -36,9 +36,13 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
+    """peft LoRA on ``target_modules``. ``fast_dropout``: draw the CPU dropout masks from 15-bit integers
+    (``loraprune/run/fast_dropout.py``: ~0.4 s less per embedded step; ``false``: torch's sampler)."""
+
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
+    fast_dropout: bool = True
     target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
 
 
