@@ -7,18 +7,14 @@ import shutil
 import sys
 from pathlib import Path
 
-# peft imports torchao when it is installed (model.quantize=int8); on a CPU build torchao warns at import
-# about its CUDA-only kernels and torch about its enum registrations: noise on every run, not a problem.
-for _noisy in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree"):
-    logging.getLogger(_noisy).setLevel(logging.ERROR)
+import hydra
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from loraprune.run.config import register_configs  # noqa: E402
-from loraprune.run.failure import first_line, write_failure  # noqa: E402
-from loraprune.run.pipeline import run  # noqa: E402
-from loraprune.run.resolve import ConfigError, MachineError  # noqa: E402
+import loraprune.quiet  # noqa: F401 - silences third-party import noise
+from loraprune.run.config import register_configs
+from loraprune.run.failure import first_line, write_failure
+from loraprune.run.pipeline import run
+from loraprune.run.resolve import ConfigError, MachineError
 
 register_configs()
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
