@@ -15,6 +15,7 @@ for _noisy in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree"):
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from loraprune.report.sweep import last_outcome  # noqa: E402
 from loraprune.run.config import register_configs  # noqa: E402
 from loraprune.run.failure import first_line, write_failure  # noqa: E402
 from loraprune.run.pipeline import run  # noqa: E402
@@ -75,6 +76,10 @@ def _discard_hydra_only_run_dir() -> None:
 
 def main() -> None:
     _main()
+    outcome = last_outcome()  # a sweep's failed jobs went on recording; the launch as a whole failed
+    if outcome is not None and outcome.failed:
+        print(f"loraprune: error: {outcome.message()}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
