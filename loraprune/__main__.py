@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 import loraprune.quiet  # noqa: F401 - silences third-party import noise
+from loraprune.report.sweep import last_outcome
 from loraprune.run.config import register_configs
 from loraprune.run.failure import first_line, write_failure
 from loraprune.run.pipeline import run
@@ -71,6 +72,10 @@ def _discard_hydra_only_run_dir() -> None:
 
 def main() -> None:
     _main()
+    outcome = last_outcome()  # a sweep's failed jobs went on recording; the launch as a whole failed
+    if outcome is not None and outcome.failed:
+        print(f"loraprune: error: {outcome.message()}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Sweeps through Hydra's launchers: parallel jobs (joblib) where one failure stops nothing, a re-launch that
-skips finished cells, the table's failed cells, and the SLURM submission rendered without a cluster."""
+"""Sweeps through Hydra's launchers: parallel jobs (joblib) where one failure stops nothing (the exit status
+says it), a re-launch that skips finished cells, the table's failed cells, and the SLURM submission rendered
+without a cluster."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ SWEEP = (
 ERROR = "ValueError: 1 fine-tune samples are fewer than one micro-batch (2)"
 
 
+def _failed_line(sweep: Path, failed: int, jobs: int) -> str:
+    return (
+        f"loraprune: error: {failed} of {jobs} sweep jobs failed "
+        f"(see {sweep}/**/failed.json; loraprune-table shows them)"
+    )
+
+
 def _loraprune(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**OFFLINE_ENV, "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "loraprune", *args]
@@ -35,7 +43,8 @@ def test_joblib_sweep_survives_a_failing_job_and_a_relaunch_skips_the_finished_c
     sweep = tmp_path / "sweep"
     launch = ("-m", *SWEEP, f"hydra.sweep.dir={sweep}")
     proc = _loraprune(*launch, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # once both jobs have ended
+    assert proc.stderr.splitlines()[-1] == _failed_line(sweep, 1, 2)
     good, bad = sweep / "0_loraprune_r0.2", sweep / "1_loraprune_r0.2"
     metrics = json.loads((good / "metrics.json").read_text())
     assert metrics["run"]["dir"] == str(good)
@@ -55,10 +64,15 @@ def test_joblib_sweep_survives_a_failing_job_and_a_relaunch_skips_the_finished_c
     # the same sweep again (default launcher): the finished cell is skipped, the failed one runs again
     before = (good / "metrics.json").read_bytes(), (good / "metrics.json").stat().st_mtime_ns
     again = _loraprune(*launch, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 1 and again.stderr.splitlines()[-1] == _failed_line(sweep, 1, 2)
     assert "finished already" in again.stdout + again.stderr
     assert ((good / "metrics.json").read_bytes(), (good / "metrics.json").stat().st_mtime_ns) == before
     assert json.loads((bad / "failed.json").read_text())["error"] == ERROR
+
+    # the good cell alone into the same directory: the earlier launches' failed.json is not this sweep's
+    alone = _loraprune("-m", *SWEEP[:-1], "data.nsamples=16", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert alone.returncode == 0 and "sweep jobs failed" not in alone.stderr, alone.stderr[-3000:]
+    assert "finished already" in alone.stdout + alone.stderr and (bad / "failed.json").exists()
 
 
 def test_slurm_submission_renders_without_a_cluster(tmp_path):
