@@ -49,7 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=4, help="fine-tune batch")
     ap.add_argument("--seq-len", type=int, default=128, help="fine-tune sequence length")
     ap.add_argument("--ratio", type=float, default=0.2, help="pruning ratio of the loop variants")
-    ap.add_argument("--variants", default=None, help="loop variants (default: those the figures need)")
+    ap.add_argument(
+        "--variants",
+        default=None,
+        help="loop variants (default: those the figures need); NAME:int8 runs NAME on an int8 base",
+    )
     ap.add_argument("--ratios", default="0.2,0.5", help="inference: pruned ratios against the dense model")
     ap.add_argument("--prefill-batch", type=int, default=8)
     ap.add_argument("--prefill-len", type=int, default=512)
@@ -83,9 +87,10 @@ def loop_variants(args: argparse.Namespace) -> list[str]:
 def run_loops(args: argparse.Namespace) -> dict[str, dict]:
     """Every loop variant, one process each, one after the other."""
     out = {}
-    for method in loop_variants(args):
-        logging.getLogger("loraprune").info("bench: %s loop", method)
-        out[method] = run_isolated(
+    for variant in loop_variants(args):
+        method, quantize = split_variant(variant, args.quantize)
+        logging.getLogger("loraprune").info("bench: %s loop", variant)
+        out[variant] = run_isolated(
             run_variant,
             model=args.model,
             method=method,
@@ -96,10 +101,17 @@ def run_loops(args: argparse.Namespace) -> dict[str, dict]:
             seq_len=args.seq_len,
             ratio=args.ratio,
             layers=args.layers,
-            quantize=args.quantize,
+            quantize=quantize,
             threads=args.threads,
         )
     return out
+
+
+def split_variant(variant: str, default_quantize: str | None) -> tuple[str, str | None]:
+    """``loraprune:int8`` → ``("loraprune", "int8")``: a loop variant on a quantized base beside the
+    unquantized ones of the same invocation; ``loraprune`` → the ``--quantize`` of the invocation."""
+    method, _, quantize = variant.partition(":")
+    return method, quantize or default_quantize
 
 
 def check_model(spec: str) -> None:
@@ -123,6 +135,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     check_model(args.model)
     check_backend(args.quantize)
+    if {"memory", "loop"} & set(args.figures):
+        for variant in loop_variants(args):
+            check_backend(split_variant(variant, args.quantize)[1])
     if args.threads:
         torch.set_num_threads(args.threads)
     result: dict[str, Any] = {

@@ -62,6 +62,16 @@ def memory_lines(loops: dict[str, dict], settings: dict) -> list[str]:
             ratio = loops["loraprune"][key] / max(loops[other][key], 1e-12)
             verdict = f" — {_verdict(ratio, MEMORY_TARGET, higher=False)}" if other == "grad" else ""
             lines.append(f"- loraprune / {other}: **{ratio:.3f}**{verdict}")
+    for variant, r in loops.items():  # a variant on a quantized base against the same on the unquantized
+        base = variant.partition(":")[0]
+        if variant != base and base in loops:
+            above = r[key] / max(loops[base][key], 1e-12)
+            total = (r[key] + r["rss_baseline_gib"]) / max(
+                loops[base][key] + loops[base]["rss_baseline_gib"], 1e-12
+            )
+            lines.append(
+                f"- {variant} / {base}: peak above the model **{above:.3f}**, model + peak **{total:.3f}**"
+            )
     return [*lines, ""]
 
 
