@@ -128,3 +128,25 @@ def test_moving_average_is_exactly_the_formula():
         ema.update({(0, "mlp"): s})
         expected = 0.9 * expected + (1 - 0.9) * s
     assert torch.equal(ema.get((0, "mlp")), expected)
+
+
+def test_blocked_channel_sums_equal_the_full_matrix_sums():
+    """lora_channel_sums (blocks of rows, G regrouped as one rank-2r product) == the element scores summed,
+    for |G⊙W'| and (G⊙W')², with blocks that do not divide the rows, on an fp32 and a bf16 base."""
+    from loraprune.criteria.lora_grad import lora_channel_sums
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        w = torch.randn(37, 24, generator=g).to(dtype)
+        a, b = torch.randn(4, 24, generator=g), torch.randn(37, 4, generator=g)
+        ga, gb = torch.randn(4, 24, generator=g), torch.randn(37, 4, generator=g)
+        t = lora_tensors(nn.Linear(24, 37, bias=False))
+        t = type(t)(w, nn.Parameter(a), nn.Parameter(b), 1.5)
+        e = estimated_weight_grad(a, b, ga, gb) * t.effective_weight()
+        for power, full in ((1, e.abs()), (2, e.square())):
+            for block in (24 * 5, 10_000):  # 5 rows per block (the last one short), and one block
+                rows, cols = lora_channel_sums(t, ga, gb, power=power, block_elements=block)
+                assert torch.allclose(rows, full.sum(1), rtol=1e-5, atol=1e-4)
+                assert torch.allclose(cols, full.sum(0), rtol=1e-5, atol=1e-4)
+        only_rows = lora_channel_sums(t, ga, gb, columns=False)
+        assert only_rows[1] is None and torch.allclose(only_rows[0], e.abs().sum(1), rtol=1e-5, atol=1e-4)

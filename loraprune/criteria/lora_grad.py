@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from loraprune.core.lora import LoraTensors, lora_tensors
+from loraprune.core.lora import LoraTensors, dense_weight, lora_tensors
 from loraprune.criteria.base import Criterion, Needs
 
 ACCUMULATIONS = ("mean", "fisher")
@@ -18,6 +18,50 @@ def estimated_weight_grad(
 ) -> torch.Tensor:
     """G ≈ ∂L/∂B·A + B·∂L/∂A − ∂L/∂B·∂L/∂A (LoRAPrune, eq. 6)."""
     return grad_b @ lora_a + lora_b @ grad_a - grad_b @ grad_a
+
+
+BLOCK_ELEMENTS = 1 << 20  # rows per block of the channel sums: ~4 MB of fp32 per temporary
+
+
+@torch.no_grad()
+def lora_channel_sums(
+    t: LoraTensors,
+    grad_a: torch.Tensor,
+    grad_b: torch.Tensor,
+    power: int = 1,
+    rows: bool = True,
+    columns: bool = True,
+    block_elements: int = BLOCK_ELEMENTS,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Per-row and per-column sums of ``|G ⊙ W'|^power`` (``power`` 1 or 2), G from
+    :func:`estimated_weight_grad` with ``grad_a``/``grad_b`` and W' = W + s·B·A, without a full-size
+    temporary: a block of rows at a time into two reused buffers of ~``block_elements`` each, G as one
+    rank-2r product ``[∂L/∂B, B]·[A − ∂L/∂A; ∂L/∂A]`` (the same sum regrouped), W' as ``W + (s·B)·A``.
+    The score reads each weight once; in fp32. ``rows``/``columns``: which sums to return (else None)."""
+    w = dense_weight(t.weight).detach()
+    a, b = t.lora_a.detach().float(), t.lora_b.detach().float()
+    ga, gb = grad_a.detach().float(), grad_b.detach().float()
+    left = torch.cat([gb, b], dim=1)  # out × 2r
+    right = torch.cat([a - ga, ga], dim=0)  # 2r × in
+    scaled_b = b * t.scaling
+    n_out, n_in = w.shape
+    step = max(1, min(n_out, block_elements // n_in))
+    g = torch.empty(step, n_in, device=w.device)
+    w_eff = torch.empty_like(g)
+    row_sums = torch.empty(n_out, device=w.device) if rows else None
+    col_sums = torch.zeros(n_in, device=w.device) if columns else None
+    for i in range(0, n_out, step):
+        j = min(i + step, n_out)
+        gi, wi = g[: j - i], w_eff[: j - i]
+        torch.mm(left[i:j], right, out=gi)
+        wi.copy_(w[i:j]).addmm_(scaled_b[i:j], a)
+        gi.mul_(wi)
+        gi.abs_() if power == 1 else gi.square_()
+        if row_sums is not None:
+            torch.sum(gi, dim=1, out=row_sums[i:j])
+        if col_sums is not None:
+            col_sums += gi.sum(0)
+    return row_sums, col_sums
 
 
 @dataclass
@@ -100,9 +144,7 @@ class LoraGradCriterion(Criterion):
             prev = self._previous.get(id(module))
             da, db = (ga, gb) if prev is None else (ga - prev[0], gb - prev[1])
             self._previous[id(module)] = (ga.clone(), gb.clone())
-            a, b = t.lora_a.detach().float(), t.lora_b.detach().float()
-            e2 = (estimated_weight_grad(a, b, count * da, count * db) * t.effective_weight()).square()
-            rows, cols = e2.sum(1), e2.sum(0)
+            rows, cols = lora_channel_sums(t, count * da, count * db, power=2)
             old = self._sums.get(id(module))
             self._sums[id(module)] = (rows, cols) if old is None else (old[0] + rows, old[1] + cols)
         self._count += 1
@@ -118,7 +160,9 @@ class LoraGradCriterion(Criterion):
 
     def _gradient_channel_scores(self, module: nn.Module, dim: int) -> torch.Tensor:
         if not self.per_micro_batch:
-            return self.element_scores(module).sum(dim=1 - dim)
+            t = _tensors(module)
+            sums = lora_channel_sums(t, t.lora_a.grad, t.lora_b.grad, rows=dim == 0, columns=dim == 1)
+            return sums[dim]
         sums = self._sums.get(id(module))
         if sums is None:
             raise RuntimeError("accumulate=fisher scores after per-micro-batch observations (accumulate())")
