@@ -58,11 +58,15 @@ def test_bad_input_is_one_line_before_any_work(args, message, capsys):
 
 
 def test_int8_variant_beside_the_unquantized_one(tmp_path, capsys):
-    """``NAME:int8`` runs that loop on an int8 base in the same invocation, with its ratio line."""
+    """``NAME:int8`` runs that loop on an int8 base in the same invocation, with its ratio line (here
+    with gradient checkpointing on)."""
     pytest.importorskip("torchao")
     assert cli.split_variant("loraprune:int8", None) == ("loraprune", "int8")
     assert cli.split_variant("lora", "int8") == ("lora", "int8")
-    cli.main([*TINY, "--figures", "memory", "--variants", "loraprune,loraprune:int8", "--out", str(tmp_path)])
+    args = ["--figures", "memory", "--variants", "loraprune,loraprune:int8", "--gradient-checkpointing"]
+    cli.main([*TINY, *args, "--out", str(tmp_path)])
     loops = json.loads((tmp_path / "bench.json").read_text())["loops"]
     assert loops["loraprune"]["quantize"] is None and loops["loraprune:int8"]["quantize"] == "int8"
-    assert "loraprune:int8 / loraprune: peak above the model" in capsys.readouterr().out
+    assert all(r["gradient_checkpointing"] for r in loops.values())
+    out = capsys.readouterr().out
+    assert "loraprune:int8 / loraprune: peak above the model" in out and "gradient checkpointing)" in out

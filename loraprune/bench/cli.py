@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ppl-windows", type=int, default=32)
     ap.add_argument("--zeroshot-tasks", default="piqa")
     ap.add_argument("--zeroshot-limit", type=int, default=20)
+    ap.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="the loop variants recompute activations in the backward (trainer.gradient_checkpointing)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--out", default=None, help="directory for bench.json and bench.md")
     args = ap.parse_args(argv)
@@ -103,6 +108,7 @@ def run_loops(args: argparse.Namespace) -> dict[str, dict]:
             layers=args.layers,
             quantize=quantize,
             threads=args.threads,
+            gradient_checkpointing=args.gradient_checkpointing,
         )
     return out
 

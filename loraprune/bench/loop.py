@@ -83,12 +83,19 @@ def measure_loop(
     ratio: float = 0.2,
     device: str = "cpu",
     calibration_samples: int | None = None,
+    gradient_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune (and prune, unless ``method == "lora"``) for ``steps`` steps of ``batch × seq_len``
     tokens; the peak memory of all of it above the loaded model, tokens/s and the time per phase (means
     over the steps after the first, a warm-up), CPU time and page faults per step."""
     samples = random_samples(model.config.vocab_size, max(batch * 2, 10), seq_len)
-    trainer = TrainerConfig(batch_size=batch, micro_batch_size=batch, warmup_steps=0, seed=0)
+    trainer = TrainerConfig(
+        batch_size=batch,
+        micro_batch_size=batch,
+        warmup_steps=0,
+        seed=0,
+        gradient_checkpointing=gradient_checkpointing,
+    )
     touch_weights(model)
     peak = Peak(device)
     peak.start()
@@ -210,6 +217,7 @@ def run_variant(
     layers: int | None = None,
     quantize: str | None = None,
     threads: int | None = None,
+    gradient_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Load ``model`` and measure one variant (a module-level function: it runs in its own process)."""
     if threads:
@@ -217,7 +225,14 @@ def run_variant(
     torch.manual_seed(0)
     loaded, _, weights = load(model, dtype, device, layers, quantize)
     result = measure_loop(
-        loaded, method, steps=steps, batch=batch, seq_len=seq_len, ratio=ratio, device=device
+        loaded,
+        method,
+        steps=steps,
+        batch=batch,
+        seq_len=seq_len,
+        ratio=ratio,
+        device=device,
+        gradient_checkpointing=gradient_checkpointing,
     )
     return {
         "model": model,
@@ -225,6 +240,7 @@ def run_variant(
         "dtype": dtype,
         "device": device,
         "quantize": quantize,
+        "gradient_checkpointing": gradient_checkpointing,
         **result,
     }
 

@@ -49,7 +49,8 @@ def memory_lines(loops: dict[str, dict], settings: dict) -> list[str]:
     unit = "CUDA max allocated" if cuda else "peak RSS (VmHWM)"
     lines = [
         f"### 1. Peak memory of fine-tune-and-prune ({unit} above the loaded model; "
-        f"{settings['steps']} steps of {settings['batch']}×{settings['seq_len']})",
+        f"{settings['steps']} steps of {settings['batch']}×{settings['seq_len']}"
+        f"{', gradient checkpointing' if settings.get('gradient_checkpointing') else ''})",
         "",
     ]
     rows = [
