@@ -10,9 +10,13 @@ dequantizes, adds ``s·B·A`` and removes the pruned groups, giving a bf16/fp32 
 from __future__ import annotations
 
 import importlib.util
+from types import MethodType
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
+from loraprune.core.lora import dense_weight, is_quantized
 from loraprune.core.structure import decoder_layers
 
 QUANTIZE = ("int8", "nf4")
@@ -45,4 +49,34 @@ def quantize_base(model: nn.Module, kind: str) -> nn.Module:
 
     layers = decoder_layers(model)
     quantize_(layers, Int8WeightOnlyConfig(), filter_fn=lambda m, _fqn: isinstance(m, nn.Linear))
+    for module in layers.modules():
+        if isinstance(module, nn.Linear) and is_quantized(module.weight):
+            module.forward = MethodType(_frozen_quantized_forward, module)
     return model
+
+
+class _FrozenQuantizedLinear(torch.autograd.Function):
+    """``layer(x)`` for a frozen quantized ``Linear``, keeping nothing for the backward but the layer.
+
+    torchao's int8 kernel dequantizes W into a full-precision copy and multiplies; under autograd that
+    copy is saved for ∂L/∂x, one per projection: the whole model again in fp32 held by the graph (at the
+    1B shape the int8 base then used 1.3× the unquantized run's memory). Here the forward runs without a
+    graph and the backward dequantizes W again for ∂L/∂x = ∂L/∂y · deq(W): one projection's copy at a
+    time. W and the bias are frozen, so that is the only gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+        ctx.layer = layer
+        return F.linear(x, layer.weight, layer.bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        weight = dense_weight(ctx.layer.weight)
+        return grad_out @ weight.to(grad_out.dtype), None
+
+
+def _frozen_quantized_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    frozen = not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
+    if torch.is_grad_enabled() and x.requires_grad and frozen and is_quantized(self.weight):
+        return _FrozenQuantizedLinear.apply(x, self)
+    return F.linear(x, self.weight, self.bias)
