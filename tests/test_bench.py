@@ -70,3 +70,21 @@ def test_int8_variant_beside_the_unquantized_one(tmp_path, capsys):
     assert all(r["gradient_checkpointing"] for r in loops.values())
     out = capsys.readouterr().out
     assert "loraprune:int8 / loraprune: peak above the model" in out and "gradient checkpointing)" in out
+
+
+def test_micro_benchmarks_run_at_tiny_size(capsys):
+    """The dropout and scoring side-by-sides produce both arms and their ratio (no speed asserted)."""
+    from loraprune.bench import micro
+
+    micro.main(["dropout", "--model", "tiny", "--steps", "2", "--batch", "2", "--seq-len", "16"])
+    micro.main(["scoring", "--shape", "smollm2_135m", "--repeats", "1"])
+    out = capsys.readouterr().out
+    for key in (
+        "torch:",
+        "fast:",
+        "fast/torch wall:",
+        "materialised:",
+        "blocked:",
+        "blocked/materialised time:",
+    ):
+        assert key in out
