@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-import loraprune.quiet  # noqa: F401 - silences third-party import noise
+import loraprune.run.quiet  # noqa: F401 - silences third-party import noise
 from loraprune.report.sweep import last_outcome
 from loraprune.run.config import register_configs
 from loraprune.run.failure import first_line, write_failure

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-import loraprune.quiet  # noqa: F401 - silences third-party import noise
+import loraprune.run.quiet  # noqa: F401 - silences third-party import noise
 from loraprune.bench import tables
 from loraprune.bench.loop import DTYPES, load, run_variant
 from loraprune.bench.machine import load_now, machine_info

@@ -25,7 +25,7 @@ from loraprune.run.memory import PeakMemory
 GIB = 1024**3
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-PRELOAD = ["loraprune.quiet", "torch", "transformers", "peft", "loraprune.bench.loop"]
+PRELOAD = ["loraprune.run.quiet", "torch", "transformers", "peft", "loraprune.bench.loop"]
 
 
 def _hwm_bytes() -> int | None:
