@@ -9,6 +9,7 @@ dequantizes, adds ``s·B·A`` and removes the pruned groups, giving a bf16/fp32 
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 from types import MethodType
 
@@ -65,6 +66,7 @@ def _own_memory(model: nn.Module) -> None:
     for tensor in [*model.parameters(), *model.buffers()]:
         if not is_quantized(tensor):
             tensor.data = tensor.data.clone()
+    gc.collect()  # the replaced fp32 weights may sit in reference cycles: the mapping goes with them
 
 
 class _FrozenQuantizedLinear(torch.autograd.Function):
