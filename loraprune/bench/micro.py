@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import time
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from loraprune.bench.loop import load, random_samples
+from loraprune.bench.process import cpu_counters
 from loraprune.core.lora import LoraTensors
 from loraprune.criteria.lora_grad import estimated_weight_grad, lora_channel_sums
 from loraprune.data import collate
@@ -32,8 +32,8 @@ from loraprune.run.fast_dropout import FastDropout
 
 
 def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    c = cpu_counters()
+    return c["user_s"] + c["sys_s"]
 
 
 def dropout_ab(model: str = "embedded", steps: int = 8, batch: int = 4, seq_len: int = 128) -> dict[str, Any]:
@@ -108,13 +108,13 @@ def scoring_ab(shape: str = "tinyllama_1b", repeats: int = 3) -> dict[str, Any]:
     for name, fn in (("materialised", materialised), ("blocked", blocked)):
         for t, dim in layer:  # warm-up
             fn(t, dim)
-        faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        faults, start = cpu_counters()["minor_faults"], time.perf_counter()
         for _ in range(repeats):
             for t, dim in layer:
                 fn(t, dim)
         out[name] = {
             "s_per_layer": (time.perf_counter() - start) / repeats,
-            "minor_faults_per_layer": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeats,
+            "minor_faults_per_layer": (cpu_counters()["minor_faults"] - faults) / repeats,
         }
     out["blocked/materialised time"] = out["blocked"]["s_per_layer"] / out["materialised"]["s_per_layer"]
     return out
