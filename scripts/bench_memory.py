@@ -1,13 +1,16 @@
-"""Benchmark: peak memory of one LoRA fine-tune-and-score step, LoRAPrune's estimate against the true ∂L/∂W.
+"""Benchmark: peak memory of one LoRA fine-tune-and-score step, LoRA-only criteria against the true ∂L/∂W.
 
 Each criterion runs in its own subprocess (fresh allocator, fresh peak): load the model, add LoRA, one
 forward/backward on a batch, the optimizer step (AdamW on LoRA) and the group scores of every prunable
 layer. Prints the peak (CUDA max allocated on a GPU, peak RSS sampled on CPU) above the loaded model, the
 gradient buffers held at the scoring point (the part that differs: LoRAPrune holds LoRA gradients only,
 the true-gradient criterion a full ∂L/∂W of every pruned projection), and the ratios side by side.
+``mask_fisher`` holds no gradient beyond LoRA's but keeps the inputs of ``o_proj`` / ``down_proj`` until
+the backward (its scores are Σ_t h·∂L/∂h); its peak is the one to compare with ``loraprune``'s.
 
     python scripts/bench_memory.py                       # embedded SmolLM2, batch 4 x 128
     python scripts/bench_memory.py --model tiny --batch 2 --seq 32
+    python scripts/bench_memory.py --criteria loraprune,mask_fisher
 """
 
 from __future__ import annotations
@@ -22,11 +25,10 @@ def measure(criterion: str, model_source: str, batch: int, seq: int) -> dict:
     import psutil
     import torch
 
-    from loraprune.core.lora import set_module_weight_grads
     from loraprune.core.schedule import build_schedule
     from loraprune.core.structure import Geometry, default_excluded_layers
     from loraprune.criteria import build_criterion
-    from loraprune.pruners import GroupPruner, PrunerSettings
+    from loraprune.pruners import CalibrationData, GroupPruner, PrunerSettings
     from loraprune.run.adapters import add_lora
     from loraprune.run.config import LoraPruneConfig
     from loraprune.run.memory import PeakMemory
@@ -49,12 +51,12 @@ def measure(criterion: str, model_source: str, batch: int, seq: int) -> dict:
         pruner = GroupPruner(
             peft_model, geo, build_criterion(criterion), settings, build_schedule("cubic", 0.2, 10)
         )
-        if pruner.criterion.needs.weight_grads:
-            set_module_weight_grads(pruner.scored_modules(), True)
+        pruner.prepare(CalibrationData([], 0))  # ∂L/∂W on for grad; mask_fisher's input hooks
         params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
         opt = torch.optim.AdamW(params, lr=1e-4)
         peft_model.train()
         peft_model(input_ids=ids, labels=ids).loss.backward()
+        pruner.observe_micro_batch(0, 1)
         pruner.observe()
         grads = [p.grad for p in peft_model.parameters() if p.grad is not None]
         grad_bytes = sum(g.numel() * g.element_size() for g in grads)
@@ -78,13 +80,14 @@ def main() -> None:
     parser.add_argument("--model", default="embedded", choices=["embedded", "tiny"])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--criteria", default="loraprune,grad,mask_fisher", help="comma-separated")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.model, args.batch, args.seq)))
         return
     results = {}
-    for criterion in ("loraprune", "grad"):
+    for criterion in args.criteria.split(","):
         cmd = [
             sys.executable,
             __file__,
@@ -99,18 +102,18 @@ def main() -> None:
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[criterion] = json.loads(proc.stdout.strip().splitlines()[-1])
-    key = (
-        "cuda_peak_above_model_gib"
-        if "cuda_peak_above_model_gib" in results["grad"]
-        else "peak_rss_above_model_gib"
-    )
-    print(f"model={args.model} batch={args.batch}x{args.seq} device={results['grad']['device']} metric={key}")
-    print(f"  {'criterion':10s} {'peak':>10s} {'grad buffers':>13s}")
+    first = next(iter(results.values()))
+    key = "cuda_peak_above_model_gib" if "cuda_peak_above_model_gib" in first else "peak_rss_above_model_gib"
+    print(f"model={args.model} batch={args.batch}x{args.seq} device={first['device']} metric={key}")
+    print(f"  {'criterion':12s} {'peak':>10s} {'grad buffers':>13s}")
     for name, r in results.items():
-        print(f"  {name:10s} {r[key]:6.3f} GiB {r['gradient_buffers_gib']:9.4f} GiB")
-    for col in (key, "gradient_buffers_gib"):
-        ratio = results["grad"][col] / max(results["loraprune"][col], 1e-9)
-        print(f"  grad / loraprune ({col}) = {ratio:.2f}x")
+        print(f"  {name:12s} {r[key]:6.3f} GiB {r['gradient_buffers_gib']:9.4f} GiB")
+    if "loraprune" not in results:
+        return
+    for name in (n for n in results if n != "loraprune"):
+        for col in (key, "gradient_buffers_gib"):
+            ratio = results[name][col] / max(results["loraprune"][col], 1e-9)
+            print(f"  {name} / loraprune ({col}) = {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 class ChannelScorer(Protocol):
-    """What group importance needs of a criterion (see :class:`loraprune.criteria.base.Criterion`)."""
+    """What group importance needs of a criterion (see :class:`loraprune.criteria.base.Criterion`); one
+    may also score whole units itself (``unit_scores(layer, kind)``, optional)."""
 
     def channel_scores(self, module: nn.Module, dim: int) -> torch.Tensor | None: ...
 
@@ -42,10 +43,15 @@ def unit_scores(
     module's channels per unit (head, KV group, MLP channel) first and normalises those unit scores (the
     reference code's order: per head, then over heads). The two agree for MLP channels; for attention
     they weight q, k, v and o differently. ``normalize=False`` is LLM-Pruner's plain sum
-    (``group_reduction="sum"``), where the order does not matter.
+    (``group_reduction="sum"``), where the order does not matter. A criterion that scores whole units
+    itself (its ``unit_scores`` not ``None``, e.g. mask Fisher) gives them as they are.
     """
     if order not in NORMALIZE_ORDERS:
         raise ValueError(f"normalisation order must be one of {', '.join(NORMALIZE_ORDERS)}, got {order!r}")
+    own_scores = getattr(criterion, "unit_scores", None)  # optional: channel scorers need not have it
+    own = own_scores(layer, kind) if own_scores is not None else None
+    if own is not None:
+        return own.detach().float().cpu()
     total = torch.zeros(kind.num_units, dtype=torch.float32)
     for sl in kind.slices:
         scores = criterion.channel_scores(projection(layer, sl.module), sl.dim)

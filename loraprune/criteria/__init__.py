@@ -16,6 +16,7 @@ from loraprune.criteria.base import Criterion, Needs, NoOptions
 from loraprune.criteria.llm_pruner import LLMPrunerCriterion, LLMPrunerOptions
 from loraprune.criteria.lora_grad import LoraGradCriterion, LoraGradOptions, estimated_weight_grad
 from loraprune.criteria.magnitude import MagnitudeCriterion
+from loraprune.criteria.mask_fisher import MaskFisherCriterion, MaskFisherOptions
 from loraprune.criteria.random_scores import RandomCriterion, RandomOptions
 from loraprune.criteria.sparsegpt import SparseGPTCriterion, SparseGPTOptions
 from loraprune.criteria.true_grad import TrueGradCriterion
@@ -26,6 +27,7 @@ CRITERIA: dict[str, type[Criterion]] = {
     c.name: c
     for c in (
         LoraGradCriterion,
+        MaskFisherCriterion,
         MagnitudeCriterion,
         TrueGradCriterion,
         LLMPrunerCriterion,
@@ -85,6 +87,8 @@ __all__ = [
     "LoraGradOptions",
     "LoraTensors",
     "MagnitudeCriterion",
+    "MaskFisherCriterion",
+    "MaskFisherOptions",
     "Needs",
     "NoOptions",
     "RandomCriterion",

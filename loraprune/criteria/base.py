@@ -55,6 +55,7 @@ class Criterion:
     needs: ClassVar[Needs] = Needs()
     options_type: ClassVar[type] = NoOptions
     semistructured_only: ClassVar[bool] = False
+    structured_only: ClassVar[bool] = False  # scores whole units (:meth:`unit_scores`), not elements
     solves_nm: ClassVar[bool] = False  # its N:M choice also updates the kept weights (:meth:`solve_nm`)
     calibration_samples: ClassVar[int] = 10  # default calibration set: samples ...
     calibration_seq_len: ClassVar[int | None] = None  # ... of this many tokens (None: as long as they are)
@@ -79,6 +80,15 @@ class Criterion:
     def attach(self, modules: list[nn.Module]) -> None:
         """Before fine-tuning: install what the criterion observes during training forwards (removed by
         :meth:`release`). Default: nothing."""
+
+    def attach_groups(self, layers: list[nn.Module], kinds: list[Any]) -> None:
+        """Before fine-tuning, in structured pruning: the decoder ``layers`` whose units of ``kinds``
+        (:class:`~loraprune.core.structure.GroupKind`) will be scored. Default: nothing."""
+
+    def unit_scores(self, layer: nn.Module, kind: Any) -> torch.Tensor | None:
+        """One score per unit of ``kind`` in ``layer`` computed by the criterion itself; ``None`` (the
+        default): the units' scores are sums of :meth:`channel_scores` over their slices."""
+        return None
 
     @property
     def per_micro_batch(self) -> bool:

@@ -36,6 +36,10 @@ class GroupPruner(Pruner):
                 self.masks.set(i, kind, torch.zeros(kind.num_units, dtype=torch.bool))
         self.masks.install(self.layers)
 
+    def prepare(self, data) -> None:
+        self.criterion.attach_groups([self.layers[i] for i in self.prunable], self.kinds)
+        super().prepare(data)
+
     @property
     def goal(self) -> float:
         return self.settings.ratio

@@ -203,6 +203,10 @@ def _validate_method(cfg: LoraPruneConfig) -> None:
         f"criterion {m.criterion!r} prunes one-shot at step 0 only: set method.kind=one_shot",
     )
     _check(
+        cfg.prune.pattern is None or not criterion.structured_only,
+        f"criterion {m.criterion!r} scores whole groups: structured pruning only (not prune.pattern)",
+    )
+    _check(
         cfg.prune.pattern is not None or not criterion.semistructured_only,
         f"criterion {m.criterion!r} prunes semi-structured patterns only: use prune=nm (prune.pattern 2:4)",
     )
