@@ -34,7 +34,7 @@ def _steps(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
 
 
-def _rank(rank: int, port: int, out: str) -> None:
+def _rank(rank: int, port: int, out: str, extra: tuple[str, ...] = ()) -> None:
     """One rank of a 2-process run, as torchrun would start it (forked: the imports are inherited)."""
     import os
 
@@ -43,7 +43,7 @@ def _rank(rank: int, port: int, out: str) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
     torch.set_num_threads(1)
-    run(compose(*COMMON, f"output_dir={out}"))
+    run(compose(*COMMON, *extra, f"output_dir={out}"))
 
 
 def _free_port() -> int:
@@ -52,11 +52,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _single_process(out) -> dict:
+def _single_process(out, extra: tuple[str, ...] = ()) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank: the same float reductions
     try:
-        return run(compose(*COMMON, f"output_dir={out}"))
+        return run(compose(*COMMON, *extra, f"output_dir={out}"))
     finally:
         torch.set_num_threads(threads)
 
@@ -85,13 +85,15 @@ def _assert_equal_runs(ddp, one, single: dict) -> None:
     assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in one.iterdir())  # rank 1: nothing
 
 
-def test_two_gloo_processes_equal_one_process(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("method=mask_fisher",)], ids=["loraprune", "mask_fisher"])
+def test_two_gloo_processes_equal_one_process(tmp_path, extra):
     """2 processes on gloo (CPU): at every step the ranks agree on the masks (no mismatch) and rank 0's
     masks, loss and tokens are the single-process run's on the same global batch (4 micro-batches a
-    step: two per rank); the final models are equal and only rank 0 wrote."""
+    step: two per rank); the final models are equal and only rank 0 wrote. mask_fisher gathers its
+    statistics from each rank's own samples: summed over the ranks, they are the single process's."""
     ddp, one = tmp_path / "ddp", tmp_path / "one"
-    mp.start_processes(_rank, args=(_free_port(), str(ddp)), nprocs=2, start_method="fork")
-    _assert_equal_runs(ddp, one, _single_process(one))
+    mp.start_processes(_rank, args=(_free_port(), str(ddp), extra), nprocs=2, start_method="fork")
+    _assert_equal_runs(ddp, one, _single_process(one, extra))
 
 
 @pytest.mark.slow

@@ -85,6 +85,11 @@ class Criterion:
         """Before fine-tuning, in structured pruning: the decoder ``layers`` whose units of ``kinds``
         (:class:`~loraprune.core.structure.GroupKind`) will be scored. Default: nothing."""
 
+    def share_across_processes(self, sum_over_processes: Any, processes: int) -> None:
+        """Data parallelism: ``sum_over_processes(tensor)`` sums a tensor over the ``processes`` ranks.
+        Criteria that score all-reduced gradients need nothing (default); one that gathers statistics
+        of its own rank's samples uses it so that every rank scores the whole step's samples."""
+
     def unit_scores(self, layer: nn.Module, kind: Any) -> torch.Tensor | None:
         """One score per unit of ``kind`` in ``layer`` computed by the criterion itself; ``None`` (the
         default): the units' scores are sums of :meth:`channel_scores` over their slices."""

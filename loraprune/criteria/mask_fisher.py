@@ -22,6 +22,7 @@ of channel scores.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +93,14 @@ class MaskFisherCriterion(Criterion):
     def __init__(self, options: MaskFisherOptions | None = None) -> None:
         super().__init__(options)
         self._inputs: dict[int, _InputGradients] = {}
+        self._sum_over_processes: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+        self._processes = 1
+
+    def share_across_processes(self, sum_over_processes, processes: int) -> None:
+        """Under data parallelism each rank sees its own samples, with its loss weighted ``processes``
+        times the global one's (DDP averages): scaled back and summed over ranks, every rank scores
+        exactly the single-process step."""
+        self._sum_over_processes, self._processes = sum_over_processes, processes
 
     def attach_groups(self, layers: list[nn.Module], kinds: list[GroupKind]) -> None:
         """Hooks on the projections whose inputs are the groups' outputs (``o_proj``, ``down_proj``)."""
@@ -128,9 +137,10 @@ class MaskFisherCriterion(Criterion):
         owned = sl.unit_of_channel >= 0
         per_unit = torch.zeros(channels.shape[0], kind.num_units, dtype=torch.float32)
         per_unit.index_add_(1, sl.unit_of_channel[owned], channels[:, owned])
+        per_unit /= self._processes
         if self.options.estimate == "fisher":
-            return per_unit.square().sum(0)
-        return per_unit.sum(0).abs()
+            return self._sum_over_processes(per_unit.square().sum(0))
+        return self._sum_over_processes(per_unit.sum(0)).abs()
 
     def channel_scores(self, module: nn.Module, dim: int) -> torch.Tensor | None:
         raise NotImplementedError("mask_fisher scores whole units (unit_scores), not channels")

@@ -34,6 +34,7 @@ METHOD_LABELS = {
     "grad": "Grad",
     "loraprune": "LoRAPrune",
     "loraprune_8bit": "LoRAPrune (8-bit base)",
+    "mask_fisher": "LoRA + mask Fisher",
 }
 # baselines first, LoRAPrune last within a ratio block (the paper's order); unknown methods before LoRAPrune
 METHOD_ORDER = (
@@ -50,6 +51,7 @@ METHOD_ORDER = (
     "grad",
     "loraprune",
     "loraprune_8bit",
+    "mask_fisher",
 )
 KIND_ORDER = {"dense": 0, "before_recovery": 1, "run": 2, "failed": 2.5, "paper": 3}
 

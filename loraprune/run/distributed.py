@@ -203,7 +203,19 @@ def hooks(pruner: Pruner, total_steps: int, accelerator) -> PruningHooks:
     """The pruner's training hooks, synchronized across ranks when there are several."""
     if accelerator is None:
         return PruningHooks(pruner, total_steps)
+    pruner.criterion.share_across_processes(_sum_over_ranks(accelerator.device), accelerator.num_processes)
     return SyncedPruningHooks(pruner, total_steps, accelerator)
+
+
+def _sum_over_ranks(device: torch.device):
+    """A tensor summed over every rank (all-reduce on ``device``), back where it was."""
+
+    def total(t: torch.Tensor) -> torch.Tensor:
+        out = t.to(device, copy=True)
+        dist.all_reduce(out)
+        return out.to(t.device)
+
+    return total
 
 
 def discard_own_hydra_dir(shared_run_dir: Path) -> None:
