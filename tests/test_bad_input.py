@@ -62,3 +62,23 @@ def test_unusable_fine_tune_file_is_one_line_from_the_cli(tmp_path, content, mes
     assert last.startswith("loraprune: error:") and message in last, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not out.exists()  # a refused run leaves nothing behind
+
+
+def test_selection_follows_the_method_unless_set(tmp_path):
+    out = f"output_dir={tmp_path / 'run'}"
+    assert _resolve(out).pruner.selection == "local"  # loraprune and the baselines: as published
+    assert _resolve(out, "method=mask_fisher").pruner.selection == "global"
+    assert _resolve(out, "method=mask_fisher", "prune.selection=local").pruner.selection == "local"
+    assert _resolve(out, "method=wanda_sp", "prune.selection=global").pruner.selection == "global"
+
+
+def test_global_selection_of_query_heads_on_gqa_is_refused_before_loading(tmp_path):
+    with pytest.raises(ConfigError, match="query_head on a GQA model is not supported"):
+        _resolve(
+            "model=tiny_gqa",
+            "method=mask_fisher",
+            "prune.attention_unit=query_head",
+            f"output_dir={tmp_path}",
+        )
+    with pytest.raises(ConfigError, match="prune.selection must be local or global"):
+        _resolve("prune.selection=everywhere", f"output_dir={tmp_path}")

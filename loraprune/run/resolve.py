@@ -131,7 +131,12 @@ def _validate_prune(cfg: LoraPruneConfig) -> None:
         p.schedule in SCHEDULES, f"prune.schedule must be one of {', '.join(SCHEDULES)}, got {p.schedule!r}"
     )
     _check(
-        p.selection in ("local", "global"), f"prune.selection must be local or global, got {p.selection!r}"
+        p.selection in (None, "local", "global"),
+        f"prune.selection must be local or global (or null: the method's), got {p.selection!r}",
+    )
+    _check(
+        cfg.method.selection in ("local", "global"),
+        f"method.selection must be local or global, got {cfg.method.selection!r}",
     )
     _check(p.prune_freq >= 1, f"prune.prune_freq must be >= 1, got {p.prune_freq}")
     _check(
@@ -161,7 +166,7 @@ def _validate_pattern(cfg: LoraPruneConfig) -> None:
         "prune.ratio": p.ratio is not None,
         "prune.target": p.target != "groups",
         "prune.attention_unit": p.attention_unit != "kv_group",
-        "prune.selection": p.selection != "local",
+        "prune.selection": p.selection not in (None, "local"),
         "prune.prune_attention/prune_mlp": not (p.prune_attention and p.prune_mlp),
     }
     bad = [k for k, set_ in meaningless.items() if set_]
@@ -319,9 +324,24 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
         removable_counts(geo, p.attention_unit, ratio)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    _check(
+        not (
+            p.pattern is None
+            and effective_selection(cfg) == "global"
+            and p.attention_unit == "query_head"
+            and geo.queries_per_kv > 1
+        ),
+        "global selection (prune.selection, or the method's method.selection) with prune.attention_unit="
+        "query_head on a GQA model is not supported: use kv_group or prune.selection=local",
+    )
     schedule, at_step = effective_schedule(cfg)
     settings = _pruner_settings(cfg, ratio, excluded)
     return RunPlan(cfg, geo, excluded, schedule, at_step, settings, total, check_run_dir(cfg))
+
+
+def effective_selection(cfg: LoraPruneConfig) -> str:
+    """``prune.selection``, or the method's own choice when it is null."""
+    return cfg.prune.selection or cfg.method.selection
 
 
 def _pruner_settings(cfg: LoraPruneConfig, ratio: float, excluded: list[int]) -> PrunerSettings:
@@ -332,7 +352,7 @@ def _pruner_settings(cfg: LoraPruneConfig, ratio: float, excluded: list[int]) ->
         attention_unit=p.attention_unit,
         prune_freq=p.prune_freq,
         excluded_layers=excluded,
-        selection=p.selection,
+        selection=effective_selection(cfg),
         prune_attention=p.prune_attention,
         prune_mlp=p.prune_mlp,
         ema_beta=m.ema_beta,
