@@ -356,6 +356,7 @@ def test_switches_compose_and_llm_pruner_draws_windows_by_default(tmp_path):
     first = resolve(to_config(compose("debug=tiny", "method=llm_pruner", "method.calibration.draw=first")))
     assert statistics_samples(first, tok) is None
     switches = (
+        "method=loraprune",
         "method.normalize_order=unit",
         "method.options.accumulate=fisher",
         "trainer.observe_after_clip=true",

@@ -33,7 +33,15 @@ def test_cli_run_writes_everything(tmp_path):
 
 
 def test_run_reports_exact_parameter_reduction(tmp_path):
-    metrics = run(compose("debug=tiny", "model=tiny_gqa", "prune.ratio=0.5", f"output_dir={tmp_path}"))
+    metrics = run(
+        compose(
+            "debug=tiny",
+            "model=tiny_gqa",
+            "prune.ratio=0.5",
+            "prune.selection=local",
+            f"output_dir={tmp_path}",
+        )
+    )
     kept = metrics["kept_per_layer"]
     # tiny_gqa: 4 layers, layer 3 excluded; 8 heads / 2 KV groups -> one KV group (4 query heads) removed
     assert [kept[str(i)]["q_heads"] for i in range(4)] == [4, 4, 4, 8]

@@ -18,6 +18,7 @@ from loraprune.report.cli import main as table_main
 # after validation, the model load and the dense evaluation
 SWEEP = (
     "debug=tiny",
+    "method=loraprune",
     "trainer.steps=2",
     "trainer.micro_batch_size=2",
     "save_model=false",

@@ -106,6 +106,7 @@ def test_offline_wandb_sweep_run_holds_config_steps_metrics_tables_and_group(tmp
     run_cli(
         "-m",
         "debug=tiny",
+        "method=loraprune",
         "logger=wandb",
         "logger.wandb.mode=offline",
         "logger.wandb.project=loraprune-test",
