@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraprune.core.masks import MASKED_INPUT
+from loraprune.core.masks import masked_input_slice
 from loraprune.core.schedule import build_schedule
 from loraprune.core.structure import Geometry, decoder_layers, projection
 from loraprune.criteria import build_criterion
@@ -53,7 +53,7 @@ def _scores_by_explicit_masks(pm, tok, pruner, estimate: str) -> dict:
     masks, handles = {}, []
     for i in pruner.prunable:
         for kind in pruner.kinds:
-            sl = next(s for s in kind.slices if s.module == MASKED_INPUT[kind.name])
+            sl = masked_input_slice(kind)
             m = torch.ones(n, 1, kind.num_units, requires_grad=True)
             masks[(i, kind.name)] = m
 

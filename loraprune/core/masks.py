@@ -64,10 +64,14 @@ def select_global(
     return out
 
 
+def masked_input_slice(kind: GroupKind) -> Slice:
+    """The slice of ``kind`` on the input columns of the projection its units feed (o_proj/down_proj)."""
+    return next(s for s in kind.slices if s.module == MASKED_INPUT[kind.name])
+
+
 def channel_keep_mask(kind: GroupKind, keep_units: torch.Tensor) -> torch.Tensor:
     """Per-channel keep mask of the masked input (o_proj/down_proj columns) for unit keep flags."""
-    sl: Slice = next(s for s in kind.slices if s.module == MASKED_INPUT[kind.name])
-    return keep_units[sl.unit_of_channel]
+    return keep_units[masked_input_slice(kind).unit_of_channel]
 
 
 class UnitMasks:

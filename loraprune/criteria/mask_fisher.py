@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from loraprune.core.masks import masked_input_slice
 from loraprune.core.structure import GroupKind, projection
 from loraprune.criteria.base import Criterion, Needs
 
@@ -106,7 +107,7 @@ class MaskFisherCriterion(Criterion):
         """Hooks on the projections whose inputs are the groups' outputs (``o_proj``, ``down_proj``)."""
         for layer in layers:
             for kind in kinds:
-                module = projection(layer, _input_slice(kind).module)
+                module = projection(layer, masked_input_slice(kind).module)
                 if id(module) not in self._inputs:
                     self._inputs[id(module)] = _InputGradients(module)
 
@@ -124,7 +125,7 @@ class MaskFisherCriterion(Criterion):
             state.fold_micro_batch()
 
     def unit_scores(self, layer: nn.Module, kind: GroupKind) -> torch.Tensor:
-        sl = _input_slice(kind)
+        sl = masked_input_slice(kind)
         state = self._inputs.get(id(projection(layer, sl.module)))
         if state is None:
             raise RuntimeError("mask_fisher scores only the groups it was attached to (attach_groups())")
@@ -150,8 +151,3 @@ class MaskFisherCriterion(Criterion):
             state.handle.remove()
             state.clear()
         self._inputs.clear()
-
-
-def _input_slice(kind: GroupKind):
-    """The slice of ``kind`` on the input columns of the projection its units feed."""
-    return next(sl for sl in kind.slices if sl.dim == 1)
