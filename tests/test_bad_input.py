@@ -70,6 +70,7 @@ def test_selection_follows_the_method_unless_set(tmp_path):
     assert _resolve(out, "method=loraprune").pruner.selection == "local"  # and the baselines: as published
     assert _resolve(out, "method=mask_fisher", "prune.selection=local").pruner.selection == "local"
     assert _resolve(out, "method=wanda_sp", "prune.selection=global").pruner.selection == "global"
+    assert _resolve(out, "prune.selection=budget").pruner.selection == "budget"
 
 
 def test_global_selection_of_query_heads_on_gqa_is_refused_before_loading(tmp_path):
@@ -80,5 +81,12 @@ def test_global_selection_of_query_heads_on_gqa_is_refused_before_loading(tmp_pa
             "prune.attention_unit=query_head",
             f"output_dir={tmp_path}",
         )
-    with pytest.raises(ConfigError, match="prune.selection must be local or global"):
+    with pytest.raises(ConfigError, match="budget selection .*query_head on a GQA model is not supported"):
+        _resolve(
+            "model=tiny_gqa",
+            "prune.selection=budget",
+            "prune.attention_unit=query_head",
+            f"output_dir={tmp_path}",
+        )
+    with pytest.raises(ConfigError, match="prune.selection must be local / global / budget"):
         _resolve("prune.selection=everywhere", f"output_dir={tmp_path}")

@@ -5,7 +5,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from loraprune import load_pruned, save_pruned
-from loraprune.core.masks import select_global, select_lowest
+from loraprune.core.budget import params_per_unit, params_removed
+from loraprune.core.masks import select_budget, select_global, select_lowest
 from loraprune.core.schedule import build_schedule
 from loraprune.core.structure import ALL_PROJECTIONS, Geometry
 from loraprune.core.surgery import apply_plan, count_parameters, merge_lora
@@ -23,10 +24,12 @@ def _lora(model, seed=1):
     return pm
 
 
-def _pruned(model, tokens, unit="kv_group", ratio=0.5, steps=3):
+def _pruned(model, tokens, unit="kv_group", ratio=0.5, steps=3, selection="local"):
     geo = Geometry.from_config(model.config)
     pm = _lora(model)
-    settings = PrunerSettings(ratio=ratio, attention_unit=unit, prune_freq=1, excluded_layers=[0])
+    settings = PrunerSettings(
+        ratio=ratio, attention_unit=unit, prune_freq=1, excluded_layers=[0], selection=selection
+    )
     pruner = GroupPruner(
         pm, geo, build_criterion("loraprune"), settings, build_schedule("cubic", ratio, steps)
     )
@@ -161,3 +164,50 @@ def test_global_selection_takes_lowest_overall_but_never_empties_a_layer():
     out = select_global(scores, 3, none)
     assert out[0].tolist() == [True, True, False]  # layer 0 keeps one unit
     assert out[1].tolist() == [True, False, False]
+
+
+def test_budget_selection_takes_lowest_score_per_parameter_within_the_budget():
+    cost = {"attn": 4, "mlp": 1}
+    scores = {
+        (0, "attn"): torch.tensor([0.4, 8.0]),  # per parameter 0.1, 2.0
+        (0, "mlp"): torch.tensor([0.06, 0.3, 3.0]),
+        (1, "attn"): torch.tensor([0.8, 0.2]),  # 0.2, 0.05
+        (1, "mlp"): torch.tensor([0.5, 1.0, 0.15]),
+    }
+    none = {k: torch.zeros(v.numel(), dtype=torch.bool) for k, v in scores.items()}
+    # budget 7: (1,attn,1) 4 -> 3 left; (0,mlp,0) -> 2; (0,attn,0) costs 4 > 2: skipped; (1,mlp,2) -> 1;
+    # (1,attn,0) skipped; (0,mlp,1) -> 0
+    out = select_budget(scores, cost, 7, none)
+    assert {k: v.tolist() for k, v in out.items()} == {
+        (0, "attn"): [False, False],
+        (0, "mlp"): [True, True, False],
+        (1, "attn"): [False, True],
+        (1, "mlp"): [False, False, True],
+    }
+    # units already removed count toward the budget and stay removed
+    prior = {**none, (0, "attn"): torch.tensor([False, True])}
+    assert {k: v.tolist() for k, v in select_budget(scores, cost, 4, prior).items()} == {
+        k: v.tolist() for k, v in prior.items()
+    }
+    # a budget beyond everything: each (layer, kind) keeps its best unit per parameter
+    out = select_budget(scores, cost, 100, none)
+    assert [int((~out[k]).nonzero()) for k in scores] == [1, 2, 0, 1]
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_budget_selection_removes_the_ratios_parameters_and_masked_equals_pruned(tiny, tokens, ratio):
+    model, _ = tiny
+    pm, pruner, geo = _pruned(model, tokens, ratio=ratio, selection="budget")
+    with torch.no_grad():
+        masked = pm(input_ids=tokens).logits
+    plan = pruner.plan()
+    pruner.remove_hooks()
+    merged = merge_lora(pm)
+    before = count_parameters(merged)
+    apply_plan(merged, plan)
+    with torch.no_grad():
+        assert torch.allclose(masked, merged(input_ids=tokens).logits, atol=1e-4)
+    bias = merged.model.layers[0].self_attn.q_proj.bias is not None
+    budget = params_removed(geo, "kv_group", ratio, len(pruner.prunable), attention_bias=bias)
+    cheapest = min(params_per_unit(geo, "kv_group", attention_bias=bias).values())
+    assert budget - cheapest < before - count_parameters(merged) <= budget

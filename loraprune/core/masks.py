@@ -64,6 +64,41 @@ def select_global(
     return out
 
 
+def select_budget(
+    scores: dict[tuple[int, str], torch.Tensor],
+    cost: dict[str, int],
+    budget: int,
+    removed: dict[tuple[int, str], torch.Tensor],
+) -> dict[tuple[int, str], torch.Tensor]:
+    """Selection across layers and kinds under a parameter budget (a greedy knapsack).
+
+    Units are taken in order of score per parameter (``cost[kind]`` parameters per unit of that kind) until
+    the removed units hold ``budget`` parameters; a unit that would overshoot is skipped for cheaper ones,
+    so the result stays within the budget by less than the cheapest unit. The already ``removed`` units
+    count toward the budget and stay removed; no (layer, kind) loses its last unit.
+    """
+    out = {k: v.clone() for k, v in removed.items()}
+    need = budget - sum(int(v.sum()) * cost[kind] for (_, kind), v in out.items())
+    cands = [
+        (float(s[i]) / cost[key[1]], key, i)
+        for key, s in scores.items()
+        for i in range(s.numel())
+        if not out[key][i]
+    ]
+    cands.sort(key=lambda c: c[0])
+    cheapest = min(cost[kind] for _, kind in scores)
+    kept = {key: int((~v).sum()) for key, v in out.items()}
+    for _, key, i in cands:
+        if need < cheapest:
+            break
+        if cost[key[1]] > need or kept[key] <= 1:
+            continue
+        out[key][i] = True
+        kept[key] -= 1
+        need -= cost[key[1]]
+    return out
+
+
 def masked_input_slice(kind: GroupKind) -> Slice:
     """The slice of ``kind`` on the input columns of the projection its units feed (o_proj/down_proj)."""
     return next(s for s in kind.slices if s.module == MASKED_INPUT[kind.name])

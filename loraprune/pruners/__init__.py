@@ -9,7 +9,7 @@ from torch import nn
 
 from loraprune.core.structure import Geometry
 from loraprune.criteria.base import Criterion
-from loraprune.pruners.base import Pruner, PruneResult, PrunerSettings
+from loraprune.pruners.base import SELECTIONS, Pruner, PruneResult, PrunerSettings
 from loraprune.pruners.calibration import CalibrationData
 from loraprune.pruners.nm import NMPruner
 from loraprune.pruners.structured import GroupPruner
@@ -35,5 +35,6 @@ __all__ = [
     "PruneResult",
     "Pruner",
     "PrunerSettings",
+    "SELECTIONS",
     "build_pruner",
 ]

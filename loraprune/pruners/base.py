@@ -31,6 +31,11 @@ from loraprune.pruners.calibration import CalibrationData
 
 log = logging.getLogger(__name__)
 
+# where units are cut: ``local`` the same count in every prunable layer (the paper); ``global`` the lowest
+# scores over all layers, per kind (the same count per kind); ``budget`` the lowest score per parameter
+# over all layers and kinds, removing the parameters of the same group ratio (attention vs MLP by score)
+SELECTIONS = ("local", "global", "budget")
+
 
 @dataclass
 class PrunerSettings:
@@ -61,8 +66,8 @@ class PrunerSettings:
     calibration_batches: int = 0
 
     def __post_init__(self) -> None:
-        if self.selection not in ("local", "global"):
-            raise ValueError(f"prune.selection must be 'local' or 'global', got {self.selection!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"prune.selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.prune_freq < 1:
             raise ValueError(f"prune.prune_freq must be >= 1, got {self.prune_freq}")
 

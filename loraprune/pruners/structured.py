@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from loraprune.core.budget import params_per_unit
 from loraprune.core.importance import unit_scores
-from loraprune.core.masks import UnitMasks, select_global, select_lowest
+from loraprune.core.masks import UnitMasks, select_budget, select_global, select_lowest
 from loraprune.core.plan import PruningPlan
 from loraprune.core.structure import decoder_layers, group_kinds, projection, removable_counts
 from loraprune.pruners.base import Pruner, PruneResult
@@ -80,6 +81,11 @@ class GroupPruner(Pruner):
             self.needs_observation()
             self.ema.update(self.current_scores())
         counts = removable_counts(self.geo, self.settings.attention_unit, ratio)
+        if self.settings.selection == "budget":
+            self._select_budget(counts)
+            self.progress = ratio
+            log.debug("pruned to the parameters of ratio %.4f", ratio)
+            return
         for kind in self.kinds:
             removed = {i: self.masks.removed[(i, kind.name)] for i in self.prunable}
             new = self._select(kind.name, counts[kind.name], removed)
@@ -99,6 +105,29 @@ class GroupPruner(Pruner):
                 )
             return select_global(scores, count * len(self.prunable), removed)
         return {i: select_lowest(scores[i], count, removed[i], buckets) for i in self.prunable}
+
+    def unit_cost(self) -> dict[str, int]:
+        """Parameters one unit of each kind holds (biases included)."""
+        layer = self.layers[self.prunable[0]]
+        attention_bias = projection(layer, "q_proj").bias is not None
+        mlp_bias = projection(layer, "gate_proj").bias is not None
+        return params_per_unit(self.geo, self.settings.attention_unit, attention_bias, mlp_bias)
+
+    def _select_budget(self, counts: dict[str, int]) -> None:
+        """Remove the parameters of ``counts`` units per kind and layer, chosen over all layers and kinds."""
+        if self.buckets > 1:
+            raise ValueError(
+                "budget selection with prune.attention_unit=query_head on a GQA model is "
+                "not supported; use kv_group or local selection"
+            )
+        cost = self.unit_cost()
+        keys = [(i, kind.name) for i in self.prunable for kind in self.kinds]
+        budget = sum(counts[name] * cost[name] for _, name in keys)
+        scores = {key: self.ema.get(key) for key in keys}
+        new = select_budget(scores, cost, budget, {key: self.masks.removed[key] for key in keys})
+        kinds = {kind.name: kind for kind in self.kinds}
+        for (i, name), removed in new.items():
+            self.masks.set(i, kinds[name], removed)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "removed": dict(self.masks.removed)}

@@ -74,7 +74,7 @@ class MethodConfig:
     ema_init: str = "zero"
     normalize: bool = True
     normalize_order: str = "channel"  # channel | unit (the reference: sum per head, then normalise)
-    selection: str = "local"  # where to cut when prune.selection is null: local | global
+    selection: str = "local"  # where to cut when prune.selection is null: local | global | budget
     finetune: bool = True
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     options: Any = field(default_factory=dict)  # typed per criterion: method/options/<criterion>
@@ -99,7 +99,7 @@ class PruneConfig:
     exclude_first_fraction: float = 0.1
     exclude_last: int = 1
     layer_range: list[int] | None = None
-    selection: str | None = None  # local | global; None: the method's (method.selection)
+    selection: str | None = None  # local | global | budget; None: the method's (method.selection)
     prune_attention: bool = True
     prune_mlp: bool = True
     pattern: str | None = None

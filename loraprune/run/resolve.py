@@ -29,7 +29,7 @@ from loraprune.core.structure import (
 )
 from loraprune.core.surgery import count_parameters
 from loraprune.criteria import CRITERIA, build_options
-from loraprune.pruners import PrunerSettings
+from loraprune.pruners import SELECTIONS, PrunerSettings
 from loraprune.run.config import LoraPruneConfig
 from loraprune.run.models import load_config, model_location, model_path, resolve_device, resolve_dtype
 
@@ -131,12 +131,12 @@ def _validate_prune(cfg: LoraPruneConfig) -> None:
         p.schedule in SCHEDULES, f"prune.schedule must be one of {', '.join(SCHEDULES)}, got {p.schedule!r}"
     )
     _check(
-        p.selection in (None, "local", "global"),
-        f"prune.selection must be local or global (or null: the method's), got {p.selection!r}",
+        p.selection is None or p.selection in SELECTIONS,
+        f"prune.selection must be {' / '.join(SELECTIONS)} (or null: the method's), got {p.selection!r}",
     )
     _check(
-        cfg.method.selection in ("local", "global"),
-        f"method.selection must be local or global, got {cfg.method.selection!r}",
+        cfg.method.selection in SELECTIONS,
+        f"method.selection must be {' / '.join(SELECTIONS)}, got {cfg.method.selection!r}",
     )
     _check(p.prune_freq >= 1, f"prune.prune_freq must be >= 1, got {p.prune_freq}")
     _check(
@@ -327,12 +327,13 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
     _check(
         not (
             p.pattern is None
-            and effective_selection(cfg) == "global"
+            and effective_selection(cfg) != "local"
             and p.attention_unit == "query_head"
             and geo.queries_per_kv > 1
         ),
-        "global selection (prune.selection, or the method's method.selection) with prune.attention_unit="
-        "query_head on a GQA model is not supported: use kv_group or prune.selection=local",
+        f"{effective_selection(cfg)} selection (prune.selection, or the method's method.selection) with "
+        "prune.attention_unit=query_head on a GQA model is not supported: use kv_group or "
+        "prune.selection=local",
     )
     schedule, at_step = effective_schedule(cfg)
     settings = _pruner_settings(cfg, ratio, excluded)
