@@ -66,7 +66,7 @@ def test_unusable_fine_tune_file_is_one_line_from_the_cli(tmp_path, content, mes
 
 def test_selection_follows_the_method_unless_set(tmp_path):
     out = f"output_dir={tmp_path / 'run'}"
-    assert _resolve(out).pruner.selection == "global"  # the default method, mask_fisher
+    assert _resolve(out).pruner.selection == "budget"  # the default method, mask_fisher
     assert _resolve(out, "method=loraprune").pruner.selection == "local"  # and the baselines: as published
     assert _resolve(out, "method=mask_fisher", "prune.selection=local").pruner.selection == "local"
     assert _resolve(out, "method=wanda_sp", "prune.selection=global").pruner.selection == "global"
