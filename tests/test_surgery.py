@@ -41,10 +41,8 @@ def _pruned(model, tokens, unit="kv_group", ratio=0.5, steps=3, selection="local
     return pm, pruner, geo
 
 
-@pytest.mark.parametrize("unit", ["kv_group", "query_head"])
-def test_masked_equals_physically_pruned(tiny, tokens, unit):
-    model, _ = tiny
-    pm, pruner, geo = _pruned(model, tokens, unit)
+def _masked_and_pruned(pm, pruner, tokens):
+    """Logits of the masked model, then of it merged and physically pruned (and its size before)."""
     with torch.no_grad():
         masked = pm(input_ids=tokens).logits
     plan = pruner.plan()
@@ -54,6 +52,15 @@ def test_masked_equals_physically_pruned(tiny, tokens, unit):
     apply_plan(merged, plan)
     with torch.no_grad():
         pruned = merged(input_ids=tokens).logits
+    return masked, pruned, merged, before
+
+
+@pytest.mark.parametrize("unit", ["kv_group", "query_head"])
+def test_masked_equals_physically_pruned(tiny, tokens, unit):
+    model, _ = tiny
+    pm, pruner, geo = _pruned(model, tokens, unit)
+    plan = pruner.plan()
+    masked, pruned, merged, before = _masked_and_pruned(pm, pruner, tokens)
     assert torch.allclose(masked, pruned, atol=1e-4)
     assert count_parameters(merged) < before
     layer = merged.model.layers[1].self_attn
@@ -198,15 +205,8 @@ def test_budget_selection_takes_lowest_score_per_parameter_within_the_budget():
 def test_budget_selection_removes_the_ratios_parameters_and_masked_equals_pruned(tiny, tokens, ratio):
     model, _ = tiny
     pm, pruner, geo = _pruned(model, tokens, ratio=ratio, selection="budget")
-    with torch.no_grad():
-        masked = pm(input_ids=tokens).logits
-    plan = pruner.plan()
-    pruner.remove_hooks()
-    merged = merge_lora(pm)
-    before = count_parameters(merged)
-    apply_plan(merged, plan)
-    with torch.no_grad():
-        assert torch.allclose(masked, merged(input_ids=tokens).logits, atol=1e-4)
+    masked, pruned, merged, before = _masked_and_pruned(pm, pruner, tokens)
+    assert torch.allclose(masked, pruned, atol=1e-4)
     bias = merged.model.layers[0].self_attn.q_proj.bias is not None
     budget = params_removed(geo, "kv_group", ratio, len(pruner.prunable), attention_bias=bias)
     cheapest = min(params_per_unit(geo, "kv_group", attention_bias=bias).values())
