@@ -28,6 +28,11 @@ class GroupPruner(Pruner):
     def __init__(self, model, geo, criterion, settings, schedule) -> None:
         super().__init__(model, geo, criterion, settings, schedule)
         removable_counts(geo, settings.attention_unit, settings.ratio)  # fails early on impossible ratios
+        if settings.selection != "local" and self.buckets > 1:  # units must stay equal per KV group
+            raise ValueError(
+                f"{settings.selection} selection with prune.attention_unit=query_head on a GQA model is "
+                "not supported; use kv_group or local selection"
+            )
         self.layers = decoder_layers(model)
         attn, mlp = group_kinds(geo, settings.attention_unit)
         self.kinds = [k for k, on in ((attn, settings.prune_attention), (mlp, settings.prune_mlp)) if on]
@@ -98,11 +103,6 @@ class GroupPruner(Pruner):
         buckets = self.buckets if kind == "attn" else 1
         scores = {i: self.ema.get((i, kind)) for i in self.prunable}
         if self.settings.selection == "global":
-            if buckets > 1:
-                raise ValueError(
-                    "global selection with prune.attention_unit=query_head on a GQA model is "
-                    "not supported; use kv_group or local selection"
-                )
             return select_global(scores, count * len(self.prunable), removed)
         return {i: select_lowest(scores[i], count, removed[i], buckets) for i in self.prunable}
 
@@ -115,11 +115,6 @@ class GroupPruner(Pruner):
 
     def _select_budget(self, counts: dict[str, int]) -> None:
         """Remove the parameters of ``counts`` units per kind and layer, chosen over all layers and kinds."""
-        if self.buckets > 1:
-            raise ValueError(
-                "budget selection with prune.attention_unit=query_head on a GQA model is "
-                "not supported; use kv_group or local selection"
-            )
         cost = self.unit_cost()
         keys = [(i, kind.name) for i in self.prunable for kind in self.kinds]
         budget = sum(counts[name] * cost[name] for _, name in keys)
