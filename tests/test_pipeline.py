@@ -21,7 +21,8 @@ def test_cli_run_writes_everything(tmp_path):
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2, 3, 4]
     assert steps[-1]["ratio"] == pytest.approx(0.2)
-    assert {"loss", "lr", "ratio"} <= set(steps[0])
+    assert {"loss", "lr", "ratio", "grad_norm"} <= set(steps[0])
+    assert all(0 < s["grad_norm"] < float("inf") for s in steps)  # before clipping (max_grad_norm 1)
     assert (out / "config.yaml").is_file()
     # nothing written to the working directory but hydra's own folder we pointed at tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hydra", "run"]

@@ -212,8 +212,9 @@ def finetune(
         tokens += step_tokens
         if not settings.observe_after_clip:
             hooks.after_accumulation(step)
-        if settings.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+        grad_norm = {}
+        if settings.max_grad_norm > 0:  # the norm before clipping: clipping acts where it exceeds the bound
+            grad_norm["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
         if settings.observe_after_clip:  # the reference reads the LoRA gradients after clipping
             hooks.after_accumulation(step)
         optimizer.step()
@@ -226,6 +227,7 @@ def finetune(
             "loss": loss_value,
             "lr": scheduler.get_last_lr()[0],
             "tokens": tokens,
+            **grad_norm,
             **extra,
         }
         bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in extra.items() if k == "ratio"})
