@@ -355,11 +355,14 @@ def test_switches_compose_and_llm_pruner_draws_windows_by_default(tmp_path):
     assert all(" ".join(map(str, w["input_ids"])) in joined for w in windows)  # stretches of the text
     first = resolve(to_config(compose("debug=tiny", "method=llm_pruner", "method.calibration.draw=first")))
     assert statistics_samples(first, tok) is None
+    faithful = resolve(to_config(compose("debug=tiny", "method=loraprune"))).cfg
+    assert faithful.method.normalize_order == "unit" and faithful.trainer.observe_after_clip  # the reference
+    assert resolve(to_config(compose("debug=tiny", "method=grad"))).cfg.method.normalize_order == "channel"
     switches = (
         "method=loraprune",
-        "method.normalize_order=unit",
+        "method.normalize_order=channel",
         "method.options.accumulate=fisher",
-        "trainer.observe_after_clip=true",
+        "trainer.observe_after_clip=false",
         "trainer.distill.weight=0.5",
         "trainer.distill.temperature=2.0",
         "data.name=wiki_embedded",
@@ -367,9 +370,9 @@ def test_switches_compose_and_llm_pruner_draws_windows_by_default(tmp_path):
         "eval.ppl_sets=[wiki_embedded_val]",
     )
     cfg = resolve(to_config(compose("debug=tiny", *switches))).cfg
-    assert (cfg.method.normalize_order, cfg.method.options.accumulate) == ("unit", "fisher")
+    assert (cfg.method.normalize_order, cfg.method.options.accumulate) == ("channel", "fisher")
     assert statistics_samples(resolve(cfg), tok) is None  # loraprune does not calibrate
-    assert cfg.trainer.observe_after_clip and cfg.trainer.distill.weight == 0.5 and cfg.data.holdout_val
+    assert not cfg.trainer.observe_after_clip and cfg.trainer.distill.weight == 0.5 and cfg.data.holdout_val
 
 
 # -------------------------------------------------------------------- 5: input norms with the gradient

@@ -118,7 +118,8 @@ class DistillConfig:
 @dataclass
 class TrainerConfig:
     """The LoRA fine-tuning loop. ``observe_after_clip``: the pruner reads the LoRA gradients after
-    clipping to ``max_grad_norm`` (the reference code) instead of before (only LoRA is clipped)."""
+    clipping to ``max_grad_norm`` (the reference code; the default) or before (only LoRA is clipped;
+    only the ``loraprune`` criterion reads them)."""
 
     steps: int | None = 100
     epochs: float | None = None
@@ -134,7 +135,7 @@ class TrainerConfig:
     seed: int = 42
     gradient_checkpointing: bool = False
     save_every: int = 50  # checkpoint (LoRA, optimizer, pruner, RNG, data position) every N steps; 0: never
-    observe_after_clip: bool = False
+    observe_after_clip: bool = True  # the reference; identical masks to before-clip on validation
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
