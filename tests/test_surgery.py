@@ -42,7 +42,8 @@ def _pruned(model, tokens, unit="kv_group", ratio=0.5, steps=3, selection="local
 
 
 def _masked_and_pruned(pm, pruner, tokens):
-    """Logits of the masked model, then of it merged and physically pruned (and its size before)."""
+    """Logits of the masked model, then of it merged and physically pruned by the pruner's plan (with the
+    pruned model, its size before and the plan)."""
     with torch.no_grad():
         masked = pm(input_ids=tokens).logits
     plan = pruner.plan()
@@ -52,15 +53,14 @@ def _masked_and_pruned(pm, pruner, tokens):
     apply_plan(merged, plan)
     with torch.no_grad():
         pruned = merged(input_ids=tokens).logits
-    return masked, pruned, merged, before
+    return masked, pruned, merged, before, plan
 
 
 @pytest.mark.parametrize("unit", ["kv_group", "query_head"])
 def test_masked_equals_physically_pruned(tiny, tokens, unit):
     model, _ = tiny
     pm, pruner, geo = _pruned(model, tokens, unit)
-    plan = pruner.plan()
-    masked, pruned, merged, before = _masked_and_pruned(pm, pruner, tokens)
+    masked, pruned, merged, before, plan = _masked_and_pruned(pm, pruner, tokens)
     assert torch.allclose(masked, pruned, atol=1e-4)
     assert count_parameters(merged) < before
     layer = merged.model.layers[1].self_attn
@@ -205,7 +205,7 @@ def test_budget_selection_takes_lowest_score_per_parameter_within_the_budget():
 def test_budget_selection_removes_the_ratios_parameters_and_masked_equals_pruned(tiny, tokens, ratio):
     model, _ = tiny
     pm, pruner, geo = _pruned(model, tokens, ratio=ratio, selection="budget")
-    masked, pruned, merged, before = _masked_and_pruned(pm, pruner, tokens)
+    masked, pruned, merged, before, _ = _masked_and_pruned(pm, pruner, tokens)
     assert torch.allclose(masked, pruned, atol=1e-4)
     bias = merged.model.layers[0].self_attn.q_proj.bias is not None
     budget = params_removed(geo, "kv_group", ratio, len(pruner.prunable), attention_bias=bias)

@@ -135,7 +135,7 @@ class TrainerConfig:
     seed: int = 42
     gradient_checkpointing: bool = False
     save_every: int = 50  # checkpoint (LoRA, optimizer, pruner, RNG, data position) every N steps; 0: never
-    observe_after_clip: bool = True  # the reference; identical masks to before-clip on validation
+    observe_after_clip: bool = True  # the reference; no worse than before-clip on validation
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
