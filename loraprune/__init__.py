@@ -1,5 +1,6 @@
 """loraprune: structured pruning of LLaMA-family LLMs guided by LoRA gradients (LoRAPrune)."""
 
+import loraprune.run.quiet  # noqa: F401 - first: drops known third-party import noise (see the module)
 from loraprune.export.card import ModelCard
 from loraprune.run.checkpoint import load_pruned, save_pruned
 
