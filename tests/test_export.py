@@ -283,6 +283,26 @@ def test_load_pruned_reads_every_form(tmp_path, tokens):
         save_pruned(model, tok, plan, tmp_path / "stock", form="stock")
 
 
+def test_auto_classes_in_a_loraprune_process(tmp_path, tokens):
+    """With loraprune imported (``pruned_llama`` registered with AutoConfig), the Auto classes read a
+    per-layer checkpoint without a question, and ``trust_remote_code=True`` loads its saved code as before."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from loraprune.export.configuration_pruned_llama import PrunedLlamaConfig
+
+    model, tok, plan = pruned_tiny(CASES["gqa"])
+    save_pruned(model, tok, plan, tmp_path / "m")
+    assert type(AutoConfig.from_pretrained(tmp_path / "m")) is PrunedLlamaConfig
+    assert AutoTokenizer.from_pretrained(tmp_path / "m")("abc").input_ids == tok("abc").input_ids
+    remote = AutoModelForCausalLM.from_pretrained(tmp_path / "m", trust_remote_code=True, dtype=torch.float32)
+    assert type(remote).__name__ == "PrunedLlamaForCausalLM"
+    assert not type(remote).__module__.startswith("loraprune")  # the copy saved next to the weights
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "m", trust_remote_code=True)
+    assert tokenizer("abc").input_ids == tok("abc").input_ids
+    with torch.no_grad():
+        assert torch.equal(remote(input_ids=tokens).logits, model(input_ids=tokens).logits)
+
+
 def _card_inputs():
     metrics = {
         "run": {
