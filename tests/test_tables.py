@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,9 @@ EMBEDDED_SETS = ("wiki_embedded", "news_embedded")
 PAPER_SETS = ("wikitext2", "ptb")
 
 
-def _zeroshot(base: float) -> dict:
-    """A well-formed zeroshot summary: task i scores base + i/100 on its paper metric."""
+def _zeroshot(base: float, stderr: float | None = None) -> dict:
+    """A well-formed zeroshot summary: task i scores base + i/100 on its paper metric (standard error
+    ``stderr`` on each metric when given)."""
     tasks = {}
     for i, name in enumerate(TASKS):
         metric = "acc_norm" if name in ("hellaswag", "arc_challenge", "openbookqa") else "acc"
@@ -38,6 +40,8 @@ def _zeroshot(base: float) -> dict:
             "split": "validation",
             "source": "offline",
         }
+        if stderr is not None:
+            tasks[name].update({"acc_stderr": stderr, "acc_norm_stderr": stderr})
     values = [t["paper_value"] for t in tasks.values()]
     return {"tasks": tasks, "average_acc": sum(values) / len(values), "source": "offline", "limit": 100}
 
@@ -60,7 +64,14 @@ def fake_metrics(
     """A metrics.json as loraprune.run.pipeline writes it (the keys the tables read, and then some)."""
     kept_heads = round(8 * (1 - ratio))
     metrics = {
-        "run": {"dir": str(run_dir), "model": model, "method": method, "criterion": method, "ratio": ratio},
+        "run": {
+            "dir": str(run_dir),
+            "model": model,
+            "method": method,
+            "criterion": method,
+            "ratio": ratio,
+            "seed": seed,
+        },
         "eval": {"seq_len": seq_len, "max_windows": 64, "sets": list(sets)},
         "dense": {"ppl": {s: 10.0 + i for i, s in enumerate(sets)}},
         "pruned": {"ppl": {s: ppl + i for i, s in enumerate(sets)}},
@@ -181,39 +192,41 @@ def test_markdown_layout_numbers_and_separate_reference_block(multirun):
     md = to_markdown(tabs)
     lines = md.splitlines()
     header = (
-        "| Ratio | Method | Wiki (emb.) | News (emb.) | BoolQ | PIQA | HellaSwag | WinoGrande | ARC-e "
-        "| ARC-c | OBQA | Average | Params removed | Peak mem (GiB) | Wall time |"
+        "| Ratio | Method | Wiki (emb.) | News (emb.) | Geo. mean | BoolQ | PIQA | HellaSwag | WinoGrande "
+        "| ARC-e | ARC-c | OBQA | Average | Params removed | Peak mem (GiB) | Wall time |"
     )
     assert lines[2] == header
     assert lines[3].count("|") == header.count("|")
     assert (
-        "| 0% | Dense | 10.00 | 11.00 | 60.00 | 61.00 | 62.00 | 63.00 | 64.00 | 65.00 | 66.00 | 63.00 "
-        "| 0.0% | – | – |" in lines
+        "| 0% | Dense | 10.00 | 11.00 | 10.49 | 60.00 | 61.00 | 62.00 | 63.00 | 64.00 | 65.00 | 66.00 "
+        "| 63.00 | 0.0% | – | – |" in lines
     )
     assert (
-        "| 50% | LoRAPrune | 30.00 | 31.00 | 50.00 | 51.00 | 52.00 | 53.00 | 54.00 | 55.00 | 56.00 | 53.00 "
-        "| 25.0% | 1.2† | 2.5 min |"
+        "| 50% | LoRAPrune | 30.00 | 31.00 | 30.50 | 50.00 | 51.00 | 52.00 | 53.00 | 54.00 | 55.00 | 56.00 "
+        "| 53.00 | 25.0% | 1.2† | 2.5 min |"
     ) in lines
-    assert "| 20% | LoRAPrune (n=2) | 21.00 | 22.00 |" in md
+    # two seeds: mean ± std over seeds (perplexity 20 and 22, geometric means sqrt(420) and sqrt(506))
+    assert "| 20% | LoRAPrune (n=2) | 21.00 ± 1.41 | 22.00 ± 1.41 | 21.49 ± 1.41 | 56.00 ± 1.41 |" in md
     assert any(line.startswith("- Peak memory marked †") for line in lines)
     # the published block: clearly labelled, only verifiable rows, the unverifiable ones named
     assert (
-        "| 50% | LoRAPrune [paper] | 11.60 | 17.39 | – | – | – | – | – | – | – | 54.81 | – | 18.3 | – |" in md
+        "| 50% | LoRAPrune [paper] | 11.60 | 17.39 | 14.20 | – | – | – | – | – | – | – | 54.81 | – "
+        "| 18.3 | – |" in md
     )
     assert "| 50% | LLM-Pruner [paper] | 16.41 | 20.85 |" in md
     assert "not verifiable, left out: LLaMA-7B (dense) 0%, LLM-Pruner 20%, LoRAPrune 20%" in md
     assert "[paper]" not in "\n".join(lines[: lines.index("### " + tabs[1].title)])
     # no reference at all
-    assert "[paper]" not in to_markdown(build_tables(collect_rows(multirun), reference="none"))
+    assert "[paper]" not in to_markdown(build_tables(collect_rows(multirun), paper="none"))
 
 
 def test_latex_is_well_formed(multirun):
     tex = to_latex(build_tables(collect_rows(multirun)))
     assert tex.count(r"\begin{table*}") == tex.count(r"\end{table*}") == 2
-    assert tex.count(r"\begin{tabular}{ll" + "r" * 13 + "}") == 2  # 2 ppl + 7 tasks + avg + 3, both
+    assert tex.count(r"\begin{tabular}{ll" + "r" * 14 + "}") == 2  # 2 ppl + geo + 7 tasks + avg + 3, both
     body = tex.split(r"\midrule", 1)[1].split(r"\bottomrule", 1)[0]
     rows = [line for line in body.splitlines() if line.endswith(r"\\")]
-    assert len(rows) == 9 and all(line.count("&") == 14 for line in rows)
+    assert len(rows) == 9 and all(line.count("&") == 15 for line in rows)
     assert r"50\% & LoRAPrune & 30.00 & 31.00" in tex
     assert r"1.2$^\dagger$ & 2.5 min \\" in tex
     assert r"\caption{smollm2\_135m. " in tex
@@ -257,7 +270,7 @@ def test_llama7b_runs_get_the_paper_rows_inline(tmp_path):
     (short,) = build_tables(collect_rows(other))
     assert any("[128]-token perplexity windows, the paper 2048" in n for n in short.notes)
     # forced separate block
-    assert len(build_tables(collect_rows(root), reference="separate")) == 2
+    assert len(build_tables(collect_rows(root), paper="separate")) == 2
 
 
 def test_semistructured_runs_are_labelled_by_their_pattern(tmp_path):
@@ -276,8 +289,8 @@ def test_semistructured_runs_are_labelled_by_their_pattern(tmp_path):
         ("2:4", "Wanda"),
         ("2:4", "LoRAPrune"),
     ]
-    md = to_markdown(build_tables(rows, reference="none"))
-    assert "| 2:4 | Wanda | 27.00 | 28.00 | 50.0% zeroed |" in md
+    md = to_markdown(build_tables(rows, paper="none"))
+    assert "| 2:4 | Wanda | 27.00 | 28.00 | 27.50 | 50.0% zeroed |" in md
     assert rows[2].kept_per_layer is None  # nothing removed: no width plot
     assert [p.name for p in write_plots(rows, tmp_path / "plots")] == [
         "ppl_vs_ratio_smollm2_135m.png",
@@ -318,6 +331,208 @@ def test_cli_writes_markdown_latex_and_plots(multirun, tmp_path, capsys):
     assert "| 20% | LoRAPrune (n=2) |" in printed and "[paper]" not in printed
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
+
+
+# ------------------------------------------------------------------------------------- uncertainty
+WINDOW_FORMAT = "loraprune.window_losses/1"
+
+
+def window_entry(nll: list[float], document: list[int]) -> dict:
+    """One set's entry of window_losses.json: windows 0..n-1 of twice as many."""
+    return {
+        "windows_total": 2 * len(nll),
+        "documents_total": len(set(document)) + 1,
+        "window": list(range(len(nll))),
+        "document": list(document),
+        "nll": list(nll),
+    }
+
+
+def write_windowed_run(
+    root: Path,
+    name: str,
+    *,
+    method: str,
+    ratio: float = 0.2,
+    sets: dict[str, tuple[list[float], list[int]]],
+    seed: int = 42,
+    tokens_per_window: int = 1,
+    run: dict | None = None,
+    **kwargs,
+) -> Path:
+    """A run dir with metrics.json and window_losses.json (pruned and dense stages) of the given windows;
+    its perplexities are those of the windows, the dense model's the pruned windows less 1 nat/token."""
+    dense = {k: ([x - tokens_per_window for x in nll], doc) for k, (nll, doc) in sets.items()}
+
+    def ppl(entry):
+        return math.exp(sum(entry[0]) / (len(entry[0]) * tokens_per_window))
+
+    run_dir = write_run(
+        root, name, method=method, ratio=ratio, ppl=1.0, sets=tuple(sets), seed=seed, **kwargs
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["pruned"]["ppl"] = {k: ppl(v) for k, v in sets.items()}
+    metrics["dense"]["ppl"] = {k: ppl(v) for k, v in dense.items()}
+    metrics["run"].update(run or {})
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    stages = {
+        stage: {k: window_entry(*v) for k, v in d.items()}
+        for stage, d in (("pruned", sets), ("dense", dense))
+    }
+    data = {"format": WINDOW_FORMAT, "seq_len": tokens_per_window + 1, "tokens_per_window": tokens_per_window}
+    (run_dir / "window_losses.json").write_text(json.dumps({**data, "stages": stages}))
+    return run_dir
+
+
+def _row_line(md: str, prefix: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith(prefix))
+
+
+def test_a_single_runs_perplexity_shows_its_document_bootstrap_interval(tmp_path):
+    # doc 0: two windows of NLL 1, doc 1: one of NLL 4 (1 token per window): ppl e^2, and the bootstrap
+    # replicates are e^1, e^2, e^4 with mass 1/4, 1/2, 1/4, so the 95% interval is [e^1, e^4]
+    write_windowed_run(
+        tmp_path, "a", method="loraprune", sets={"wiki_embedded": ([1.0, 1.0, 4.0], [0, 0, 1])}
+    )
+    (table,) = build_tables(collect_rows(tmp_path), paper="none")
+    md = to_markdown([table])
+    assert "| 20% | LoRAPrune | 7.39 [2.72, 54.60] |" in md
+    assert "| 0% | Dense | 2.72 [1.00, 20.09] |" in md  # the dense stage's windows (1 nat less)
+    assert "Geo. mean" not in md  # one set
+    assert any(n.startswith("[a, b]: 95% bootstrap interval") for n in table.notes)
+    assert "- Evaluated: Wiki (emb.) 3 of 6 windows (2 of 3 documents)." in md
+
+
+def test_geometric_mean_column_and_its_interval(tmp_path):
+    sets = {"wiki_embedded": ([1.0, 1.0], [0, 1]), "news_embedded": ([3.0, 3.0], [0, 1])}
+    write_windowed_run(tmp_path, "a", method="loraprune", sets=sets, zeroshot=None)
+    md = to_markdown(build_tables(collect_rows(tmp_path), paper="none"))
+    assert "| Ratio | Method | Wiki (emb.) | News (emb.) | Geo. mean |" in md
+    # every document has the same NLL: zero-width intervals; geo mean e^2
+    assert "| 20% | LoRAPrune | 2.72 [2.72, 2.72] | 20.09 [20.09, 20.09] | 7.39 [7.39, 7.39] |" in md
+
+
+def _pair_fixture(root: Path) -> None:
+    """mask_fisher and loraprune at 20% on the same windows (2 sets, 40 documents of varying difficulty);
+    loraprune is 0.1 nat/token worse on every window; wanda_sp without window losses at 50%."""
+    docs = list(range(40))
+    base = {
+        "wiki_embedded": ([1.0 + (d % 7) / 3 for d in docs], docs),
+        "news_embedded": ([2.0 + (d % 5) / 4 for d in docs], docs),
+    }
+    worse = {k: ([x + 0.1 for x in nll], doc) for k, (nll, doc) in base.items()}
+    write_windowed_run(root, "fisher", method="mask_fisher", sets=base, zeroshot=None)
+    write_windowed_run(root, "lora", method="loraprune", sets=worse, zeroshot=None)
+    write_run(root, "wanda", method="wanda_sp", ratio=0.5, ppl=30.0, zeroshot=None)
+
+
+def test_reference_column_pairs_rows_at_the_same_ratio(tmp_path):
+    _pair_fixture(tmp_path)
+    (table,) = build_tables(collect_rows(tmp_path), paper="none", reference="mask_fisher")
+    assert table.reference == "LoRA + mask Fisher"
+    md = to_markdown([table])
+    assert "| Geo. mean | Δ% vs LoRA + mask Fisher |" in md
+    # 0.1 nat/token on every window: Δ = 100 (e^0.1 - 1) in every replicate, so the interval has no width
+    delta = f"{100 * math.expm1(0.1):+.2f}"
+    assert _row_line(md, "| 20% | LoRAPrune |").split(" | ")[5] == f"{delta} [{delta}, {delta}]*"
+    assert _row_line(md, "| 20% | LoRA + mask Fisher |").split(" | ")[5] == "ref."
+    assert _row_line(md, "| 50% | Wanda-sp |").split(" | ")[5] == "–"  # no reference at 50%
+    assert _row_line(md, "| 0% | Dense |").split(" | ")[5] == "–"
+    assert any(n.startswith("Δ vs LoRA + mask Fisher: each row against") for n in table.notes)
+    # the Method cell as shown, any case, with a ratio
+    again = build_tables(collect_rows(tmp_path), paper="none", reference="lora + MASK fisher@20%")
+    assert to_markdown(again) == md
+    tex = to_latex([table])
+    assert r"$\Delta$\% vs LoRA + mask Fisher" in tex and "+10.52 [+10.52, +10.52]*" in tex
+
+
+def test_multi_seed_rows_show_std_and_pair_on_shared_seeds(tmp_path):
+    docs = list(range(10))
+    nll = [1.0 + d / 10 for d in docs]
+
+    def shifted(shift):
+        return {"wiki_embedded": ([x + shift for x in nll], docs)}
+
+    for seed in (1, 2):
+        write_windowed_run(
+            tmp_path, f"ref{seed}", method="mask_fisher", sets=shifted(0.0), seed=seed, zeroshot=None
+        )
+    # seeds 1 and 2 are 0.1 and 0.3 nat/token worse; seed 3 (not in the reference) 1.0 worse
+    for seed, shift in ((1, 0.1), (2, 0.3), (3, 1.0)):
+        write_windowed_run(
+            tmp_path, f"lp{seed}", method="loraprune", sets=shifted(shift), seed=seed, zeroshot=None
+        )
+    (table,) = build_tables(collect_rows(tmp_path), paper="none", reference="LoRA + mask Fisher (n=2)")
+    lora = next(r for r in table.rows if r.method == "loraprune")
+    assert lora.label == "LoRAPrune (n=3)" and lora.seeds == [1, 2, 3]
+    # paired on seeds 1 and 2 only: mean shift 0.2 nat/token
+    assert lora.delta.estimate == pytest.approx(100 * math.expm1(0.2))
+    assert lora.delta.width == pytest.approx(0.0, abs=1e-9)
+    ppl = [math.exp(1.45 + s) for s in (0.1, 0.3, 1.0)]
+    mean, std = sum(ppl) / 3, (sum((p - sum(ppl) / 3) ** 2 for p in ppl) / 2) ** 0.5
+    md = to_markdown([table])
+    assert f"| 20% | LoRAPrune (n=3) | {mean:.2f} ± {std:.2f} |" in md
+
+
+def test_zero_shot_cells_carry_lm_evals_standard_error(tmp_path):
+    run_dir = write_run(tmp_path, "a", method="loraprune", ratio=0.2, ppl=20.0, sets=("wiki_embedded",))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["pruned"]["zeroshot"] = _zeroshot(0.5, stderr=0.02)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    md = to_markdown(build_tables(collect_rows(tmp_path), paper="none"))
+    # 7 tasks of standard error 2%: the average's is 2 * sqrt(7) / 7
+    average = f"{2 * math.sqrt(7) / 7:.2f}"
+    assert "| 20% | LoRAPrune | 20.00 | 50.00 ± 2.00 | 51.00 ± 2.00 |" in md
+    assert f"| 53.00 ± {average} | 10.0% |" in md
+    assert "| 0% | Dense | 10.00 | 60.00 | 61.00 |" in md  # no standard error stored: none shown
+
+
+def test_rows_differing_in_a_setting_stay_apart_and_say_so(tmp_path):
+    budget = write_run(tmp_path / "a", "budget", method="wanda_sp", ratio=0.2, ppl=30.0, zeroshot=None)
+    (budget / "config.yaml").write_text("prune:\n  selection: budget\nmethod:\n  selection: local\n")
+    write_run(tmp_path / "b", "local", method="wanda_sp", ratio=0.2, ppl=40.0, zeroshot=None)
+    (tmp_path / "b" / "local" / "config.yaml").write_text(
+        "prune:\n  selection: null\nmethod:\n  selection: local\n"
+    )
+    for seed in (1, 2):  # differ only in the seed: one row
+        d = write_run(
+            tmp_path / "b", f"lp{seed}", method="loraprune", ratio=0.2, ppl=20.0 + seed, zeroshot=None
+        )
+        metrics = json.loads((d / "metrics.json").read_text())
+        metrics["run"].update({"selection": "local", "seed": seed})
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    write_run(tmp_path / "b", "lp50", method="loraprune", ratio=0.5, ppl=50.0, zeroshot=None)
+    rows = collect_rows(
+        [tmp_path / "a", tmp_path / "b", tmp_path / "b"]
+    )  # several dirs; a repeat counts once
+    assert [r.label for r in rows] == [
+        "Dense",
+        "Wanda-sp (budget)",
+        "Wanda-sp (local)",
+        "LoRAPrune (local, n=2)",
+        "LoRAPrune",  # alone at 50%: nothing to tell apart
+    ]
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--paper", "none"]) == 0
+
+
+def test_cli_reference_errors_are_one_line(tmp_path, capsys):
+    _pair_fixture(tmp_path)
+    assert main([str(tmp_path), "--paper", "none", "--reference", "sparsegpt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("loraprune-table: error: --reference 'sparsegpt' matches no row; rows: ")
+    assert "LoRA + mask Fisher@20%" in err and "Wanda-sp@50%" in err
+    # a compared run without window_losses.json
+    write_run(tmp_path, "wanda20", method="wanda_sp", ratio=0.2, ppl=30.0, zeroshot=None)
+    assert main([str(tmp_path), "--paper", "none", "--reference", "mask_fisher"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Wanda-sp at 20% has no per-window losses" in err
+    # the former --reference auto|separate|none still works, as --paper
+    assert main([str(tmp_path), "--reference", "none"]) == 0
+    captured = capsys.readouterr()
+    assert "--reference none is now --paper none" in captured.err and "[paper]" not in captured.out
+    assert main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip().endswith("missing does not exist")
 
 
 def test_flat_result_is_one_paper_row(tmp_path):
@@ -439,4 +654,4 @@ def test_random_weight_runs_are_marked(tmp_path):
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     rows = collect_rows(tmp_path / "shape")
     assert rows and all(r.model.endswith("(random weights)") for r in rows)
-    assert "(random weights)" in to_markdown(build_tables(rows, reference="none"))
+    assert "(random weights)" in to_markdown(build_tables(rows, paper="none"))

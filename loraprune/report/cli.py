@@ -1,7 +1,8 @@
-"""The ``loraprune-table`` command: tables (Markdown, LaTeX) and plots from a (multi)run directory.
+"""The ``loraprune-table`` command: tables (Markdown, LaTeX) and plots from run directories.
 
-``loraprune-table <multirun_dir> [--out docs/x.md] [--latex x.tex] [--plots dir]`` (also
-``python scripts/make_tables.py ...``).
+``loraprune-table DIR [DIR ...] [--out x.md] [--latex x.tex] [--plots dir] [--paper auto|separate|none]
+[--reference ROW] [--before-recovery]`` (also ``python scripts/make_tables.py ...``). Bad input ends with
+one ``loraprune-table: error: ...`` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -12,27 +13,44 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loraprune.report.latex import to_latex
-from loraprune.report.layout import REFERENCE_MODES, build_tables
+from loraprune.report.layout import PAPER_MODES, Table, build_tables
 from loraprune.report.markdown import to_markdown
-from loraprune.report.rows import collect_rows
+from loraprune.report.rows import Row, collect_rows
+
+PROG = "loraprune-table"
+
+REFERENCE_HELP = (
+    "add a column with each row's paired Δ%% of the geometric-mean perplexity against this row at the "
+    "same ratio, with its 95%% interval (* when it excludes 0). ROW is a Method cell as shown "
+    "('LoRA + mask Fisher (n=3)'), the same without '(n=k)', or a method key ('mask_fisher'), "
+    "case-insensitive; ROW@RATIO ('mask_fisher@20%%') keeps one ratio. Needs window_losses.json in every "
+    "run compared. Multi-seed rows are paired on the seeds both have, else their means"
+)
+
+
+class TableError(Exception):
+    """Bad input to the command: its message is the one error line."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
     parser = argparse.ArgumentParser(
-        prog="loraprune-table",
-        description="Paper-style tables (and plots) from every metrics.json below a (multi)run directory.",
+        prog=PROG,
+        description="Paper-style tables (and plots) from every metrics.json below one or more directories.",
     )
-    parser.add_argument("multirun_dir", type=Path, help="directory searched recursively for metrics.json")
+    parser.add_argument(
+        "dirs", type=Path, nargs="+", metavar="DIR", help="directories searched recursively for metrics.json"
+    )
     parser.add_argument("--out", type=Path, help="write the Markdown here (default: print it)")
     parser.add_argument("--latex", type=Path, help="also write a LaTeX (booktabs) version here")
     parser.add_argument("--plots", type=Path, help="write PNG plots into this directory")
     parser.add_argument(
-        "--reference",
-        choices=REFERENCE_MODES,
+        "--paper",
+        choices=PAPER_MODES,
         default="auto",
         help="published rows: inline for LLaMA-7B else a separate block (auto), always separate, or none",
     )
+    parser.add_argument("--reference", metavar="ROW", help=REFERENCE_HELP)
     parser.add_argument(
         "--before-recovery",
         action="store_true",
@@ -48,21 +66,47 @@ def _write(path: Path, text: str) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
+def load_tables(
+    dirs: Sequence[Path], *, paper: str = "auto", reference: str | None = None, before_recovery: bool = False
+) -> tuple[list[Row], list[Table]]:
+    """The rows below ``dirs`` and their tables.
+
+    Raises:
+        TableError: a directory is missing, holds no run, a ``window_losses.json`` is malformed, or the
+            reference names no row or cannot be paired.
+    """
+    for d in dirs:
+        if not d.exists():
+            raise TableError(f"{d} does not exist")
+    try:
+        rows = collect_rows(dirs, before_recovery=before_recovery)
+        if not rows:
+            raise TableError(f"no metrics.json found below {', '.join(map(str, dirs))}")
+        return rows, build_tables(rows, paper, reference=reference)
+    except ValueError as err:  # WindowLossesError, UncertaintyError
+        raise TableError(str(err)) from err
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``loraprune-table <multirun_dir> [--out x.md] [--latex x.tex] [--plots dir]``.
+    """``loraprune-table DIR [DIR ...] [--out x.md] [--latex x.tex] [--plots dir] [--reference ROW]``.
 
     Returns:
-        0, or 2 when no run was found below the directory.
+        0, or 2 after one error line on bad input (see :func:`load_tables`).
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.multirun_dir.exists():
-        parser.error(f"{args.multirun_dir} does not exist")
-    rows = collect_rows(args.multirun_dir, before_recovery=args.before_recovery)
-    if not rows:
-        print(f"no metrics.json found below {args.multirun_dir}", file=sys.stderr)
+    args = build_parser().parse_args(argv)
+    if args.reference in PAPER_MODES:  # the flag's former meaning
+        print(
+            f"{PROG}: warning: --reference {args.reference} is now --paper {args.reference}",
+            file=sys.stderr,
+        )
+        args.paper, args.reference = args.reference, None
+    try:
+        rows, tables = load_tables(
+            args.dirs, paper=args.paper, reference=args.reference, before_recovery=args.before_recovery
+        )
+    except TableError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    tables = build_tables(rows, args.reference)
     markdown = to_markdown(tables)
     if args.out:
         _write(args.out, markdown)
@@ -73,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plots:
         from loraprune.report.plots import write_plots  # matplotlib only when plots are asked for
 
-        for path in write_plots(rows, args.plots, reference=args.reference != "none"):
+        for path in write_plots(rows, args.plots, reference=args.paper != "none"):
             print(f"wrote {path}", file=sys.stderr)
     return 0
 

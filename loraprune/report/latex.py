@@ -20,6 +20,9 @@ _LATEX_ESCAPES = {
     "^": r"\textasciicircum{}",
     DASH: "--",
     "†": r"$^\dagger$",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "−": "--",
 }
 
 

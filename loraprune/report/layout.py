@@ -2,8 +2,10 @@
 
 Columns follow the LoRAPrune / LLM-Pruner table: ratio, method, perplexity per evaluation set (WikiText2 /
 PTB, or whatever sets the runs used), the seven zero-shot tasks and their average, then parameters
-removed, peak memory and wall time. The published numbers are shown next to the runs, labelled
-``[paper]``, when the runs are LLaMA-7B, and as a separate block otherwise.
+removed, peak memory and wall time, with a geometric mean over the perplexity sets when there are two or
+more and, given a reference row, each row's paired Δ% against it (:mod:`loraprune.report.uncertainty`).
+The published numbers are shown next to the runs, labelled ``[paper]``, when the runs are LLaMA-7B, and
+as a separate block otherwise (``paper`` mode).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from typing import Any
 
 from loraprune.report.reference import REFERENCE_MODEL, load_reference, reference_notes, reference_rows
 from loraprune.report.rows import Row, collect_rows, sort_rows
-from loraprune.run.results import PPL_ORDER, ordered, task_columns
+from loraprune.report.uncertainty import N_BOOT, find_references, with_deltas, with_spread
+from loraprune.run.results import PPL_LABELS, PPL_ORDER, ordered, task_columns
 
-REFERENCE_MODES = ("auto", "separate", "none")
+PAPER_MODES = ("auto", "separate", "none")
+REFERENCE_MODES = PAPER_MODES  # the former name
 
 
 @dataclass
@@ -30,11 +34,17 @@ class Table:
     tasks: list[str]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    reference: str | None = None  # the label of the row the Δ column compares against
 
     @property
     def has_zeroshot(self) -> bool:
         """Whether the table has zero-shot columns."""
         return bool(self.tasks)
+
+    @property
+    def has_geo_mean(self) -> bool:
+        """Whether the table has a geometric-mean column (two perplexity sets or more)."""
+        return len(self.ppl_sets) > 1
 
 
 def columns_for(rows: Sequence[Row]) -> tuple[list[str], list[str]]:
@@ -64,8 +74,49 @@ def run_notes(rows: Sequence[Row]) -> list[str]:
         if protocols:
             notes.append(f"Zero-shot data: {'; '.join(protocols)}.")
     if any(r.n_runs > 1 for r in rows):
-        notes.append("(n=k): mean over k runs (seeds).")
+        notes.append("(n=k): mean over k runs (seeds), ± their standard deviation.")
     return notes
+
+
+def window_notes(rows: Sequence[Row], ppl_sets: Sequence[str]) -> list[str]:
+    """How many windows and documents each perplexity set was evaluated on, and how intervals read."""
+    notes = []
+    losses = next((x for r in rows if r.kind != "paper" for x in r.losses if x is not None), None)
+    if losses is not None:
+        parts = []
+        for name in ppl_sets:
+            entry = losses.sets.get(name)
+            if entry is None:
+                continue
+            n_docs = len(set(entry.document))
+            of_w = f" of {entry.windows_total}" if entry.windows_total else ""
+            of_d = f" of {entry.documents_total}" if entry.documents_total else ""
+            parts.append(
+                f"{PPL_LABELS.get(name, name)} {len(entry.window)}{of_w} windows ({n_docs}{of_d} documents)"
+            )
+        if parts:
+            notes.append(f"Evaluated: {'; '.join(parts)}.")
+    if any(r.ppl_ci or r.geo_ci for r in rows):
+        notes.append(
+            f"[a, b]: 95% bootstrap interval of a single run's perplexity, whole documents resampled "
+            f"({N_BOOT} replicates)."
+        )
+    if any(r.tasks_stderr and r.n_runs <= 1 for r in rows if r.kind != "paper"):
+        notes.append("± after a single run's accuracy: lm-eval's standard error (Average: of the mean).")
+    if len(ppl_sets) > 1:
+        notes.append("Geo. mean: geometric mean of the perplexities of the sets shown.")
+    return notes
+
+
+def delta_notes(reference: str) -> list[str]:
+    """The note under a table with a Δ column."""
+    return [
+        f"Δ vs {reference}: each row against {reference} at the same ratio, 100·(ppl/ppl_ref − 1) of the "
+        "geometric-mean perplexity, paired on the same windows (documents resampled together), 95% "
+        "interval; * the interval excludes 0. Seeds are paired where both rows have them (windows averaged "
+        "over the shared seeds), else each row's mean over its seeds; the interval covers the evaluation "
+        "text, not the seeds."
+    ]
 
 
 def _with_reference(
@@ -90,38 +141,59 @@ def _reference_table(ref_data: dict[str, Any], ref_rows: list[Row], missing: lis
     ppl_sets, tasks = columns_for(ref_rows)
     paper = ref_data["paper"]
     title = f"Published: {paper['title'].split(':')[0]} paper, {ref_data.get('model')} (not these runs)"
-    return Table(title, None, ppl_sets, tasks, ref_rows, reference_notes(ref_data, missing))
+    rows = [with_spread(r, ppl_sets) for r in ref_rows]
+    return Table(title, None, ppl_sets, tasks, rows, reference_notes(ref_data, missing))
 
 
-def build_tables(rows: Sequence[Row], reference: str = "auto") -> list[Table]:
+def build_tables(
+    rows: Sequence[Row], paper: str = "auto", *, reference: str | None = None, n_boot: int = N_BOOT
+) -> list[Table]:
     """One table per model; the published rows inline for LLaMA-7B runs, else as their own block.
 
     Args:
         rows: aggregated rows (:func:`loraprune.report.rows.collect_rows`).
-        reference: ``auto`` (inline for LLaMA-7B, separate block otherwise), ``separate`` (always a
-            separate block) or ``none``.
+        paper: ``auto`` (published rows inline for LLaMA-7B, separate block otherwise), ``separate``
+            (always a separate block) or ``none``.
+        reference: a row to compare every row against (:func:`loraprune.report.uncertainty.find_references`).
+        n_boot: bootstrap replicates of every interval.
+
+    Raises:
+        loraprune.report.uncertainty.UncertaintyError: ``reference`` names no row, or rows cannot be paired.
     """
-    if reference not in REFERENCE_MODES:
-        raise ValueError(f"reference must be one of {REFERENCE_MODES}, got {reference!r}")
-    ref_data = load_reference() if reference != "none" else None
+    if paper not in PAPER_MODES:
+        raise ValueError(f"paper must be one of {PAPER_MODES}, got {paper!r}")
+    refs = find_references(rows, reference) if reference else {}
+    ref_label = next(iter(refs.values())).label_with(n=False) if refs else None
+    ref_data = load_reference() if paper != "none" else None
     ref_rows, missing = reference_rows(ref_data) if ref_data else ([], [])
     tables: list[Table] = []
     inlined = False
     for model in sorted({r.model for r in rows}):
         model_rows = [r for r in rows if r.model == model]
         notes = run_notes(model_rows)
-        if ref_data and reference == "auto" and model == ref_data.get("model", REFERENCE_MODEL):
+        if ref_data and paper == "auto" and model == ref_data.get("model", REFERENCE_MODEL):
             model_rows, notes = _with_reference(model_rows, notes, ref_data, ref_rows, missing)
             inlined = True
         ppl_sets, tasks = columns_for(model_rows)
-        tables.append(Table(model, model, ppl_sets, tasks, model_rows, notes))
+        model_rows = [with_spread(r, ppl_sets, n_boot=n_boot) for r in model_rows]
+        notes += window_notes(model_rows, ppl_sets)
+        has_ref = any(block[0] == model for block in refs)
+        if has_ref:
+            model_rows = with_deltas(model_rows, refs, ppl_sets, n_boot=n_boot)
+            notes += delta_notes(ref_label or "")
+        table = Table(model, model, ppl_sets, tasks, model_rows, notes, ref_label if has_ref else None)
+        tables.append(table)
     if ref_data and ref_rows and not inlined:
         tables.append(_reference_table(ref_data, ref_rows, missing))
     return tables
 
 
 def build_from_dir(
-    root: str | Path, *, reference: str = "auto", before_recovery: bool = False
+    roots: str | Path | Sequence[str | Path],
+    *,
+    paper: str = "auto",
+    reference: str | None = None,
+    before_recovery: bool = False,
 ) -> list[Table]:
     """:func:`loraprune.report.rows.collect_rows` then :func:`build_tables`."""
-    return build_tables(collect_rows(root, before_recovery=before_recovery), reference)
+    return build_tables(collect_rows(roots, before_recovery=before_recovery), paper, reference=reference)

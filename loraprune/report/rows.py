@@ -1,7 +1,10 @@
 """Table rows from run directories: read every ``metrics.json``, aggregate seeds, sort in the paper's order.
 
 Every ``metrics.json`` below a directory (a Hydra multirun, or any tree of runs) becomes one row per
-(model, method, ratio), seeds averaged; the dense model gets its own row. A sweep cell that failed
+(model, method, ratio, settings), seeds averaged (and their standard deviation kept); the dense model gets
+its own row. The settings (:mod:`loraprune.report.settings`) come from the run block or the
+``config.yaml`` beside it; the per-window losses (:mod:`loraprune.report.windows`) ride along for
+intervals. A sweep cell that failed
 (``failed.json``, :mod:`loraprune.run.failure`) gets a row marked failed, with the error's first line.
 """
 
@@ -10,11 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from loraprune.evaluation.intervals import Interval
+from loraprune.report.settings import qualify, run_settings
+from loraprune.report.windows import STAGE_OF_KIND, StageLosses, read_window_losses
 from loraprune.run.failure import FAILED, read_failure
 from loraprune.run.results import pct, peak_memory, zeroshot_protocol, zeroshot_scores
 
@@ -85,6 +94,22 @@ class Row:
     sparsity: float | None = None  # N:M runs: percent of the pruned projections' weights zeroed
     zeroshot_protocol: str | None = None  # where the zero-shot data came from: source, split(s), limit
     error: str | None = None  # failed runs: the error's type and first line
+    settings: tuple[tuple[str, str], ...] = ()  # (setting, shown value): runs differing here never merge
+    qualifier: str | None = None  # the settings named in the label (see report.settings.qualify)
+    seeds: list[int | None] = field(default_factory=list)  # per run, aligned with ``losses``
+    losses: list[StageLosses | None] = field(default_factory=list)  # per run: this row's stage's windows
+    ppl_std: dict[str, float | None] = field(default_factory=dict)  # over seeds (n_runs > 1)
+    tasks_std: dict[str, float | None] = field(default_factory=dict)  # over seeds, percent
+    average_std: float | None = None
+    tasks_stderr: dict[str, float | None] = field(default_factory=dict)  # lm-eval's, percent (one run)
+    run_ppl: list[dict[str, float | None]] = field(default_factory=list)  # per run, aligned with ``losses``
+    # filled by loraprune.report.uncertainty for a table's perplexity sets
+    ppl_ci: dict[str, Interval] = field(default_factory=dict)  # one run: 95% document-bootstrap interval
+    geo: float | None = None  # geometric mean of the table's perplexity sets (mean over seeds)
+    geo_std: float | None = None
+    geo_ci: Interval | None = None
+    delta: Interval | None = None  # paired Δ% of the geometric mean against the reference row
+    is_reference: bool = False
 
     @property
     def ratio_label(self) -> str:
@@ -93,18 +118,25 @@ class Row:
 
     @property
     def label(self) -> str:
-        """The Method cell: the method's name, marked for w/o-tune, paper and multi-seed rows."""
+        """The Method cell: the method's name, marked for w/o-tune, paper and multi-seed rows and with
+        the settings that tell it from its neighbours."""
+        return self.label_with(n=True)
+
+    def label_with(self, *, n: bool) -> str:
+        """The Method cell, with or without the ``n=k`` of multi-seed rows."""
         base = self.label_override or METHOD_LABELS.get(self.method, self.method)
         if self.kind == "before_recovery":
-            return f"{base} w/o tune"
+            base = f"{base} w/o tune"
         if self.kind == "paper":
             return f"{base} [paper]"
         if self.kind == "failed":
             times = f" ×{self.n_runs}" if self.n_runs > 1 else ""
-            return f"{base} (failed{times}: {self.error})"
-        if self.n_runs > 1:
-            return f"{base} (n={self.n_runs})"
-        return base
+            qualifier = f"{self.qualifier}, " if self.qualifier else ""
+            return f"{base} ({qualifier}failed{times}: {self.error})"
+        marks = [self.qualifier] if self.qualifier else []
+        if n and self.n_runs > 1 and self.kind == "run":
+            marks.append(f"n={self.n_runs}")
+        return f"{base} ({', '.join(marks)})" if marks else base
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -142,6 +174,7 @@ def _pruned_row(metrics: dict[str, Any], base: Row) -> Row:
         base,
         ppl=dict(metrics["pruned"].get("ppl", {})),
         tasks=tasks,
+        tasks_stderr=task_stderr(zeroshot),
         average=average,
         params_removed=pct(metrics.get("params", {}).get("removed_fraction_total")),
         memory_gib=memory,
@@ -156,17 +189,21 @@ def _pruned_row(metrics: dict[str, Any], base: Row) -> Row:
 def _dense_row(metrics: dict[str, Any], base: Row) -> Row:
     """The dense model's row, as evaluated by this run."""
     tasks, average = zeroshot_scores(metrics["dense"].get("zeroshot"))
-    return Row(
+    return replace(
+        base,
         model=base.model,
         method="dense",
         ratio=0.0,
         kind="dense",
+        pattern=None,
         ppl=dict(metrics["dense"].get("ppl", {})),
         tasks=tasks,
+        tasks_stderr=task_stderr(metrics["dense"].get("zeroshot")),
         average=average,
         params_removed=0.0,
-        eval_seq_len=base.eval_seq_len,
         run_dirs=list(base.run_dirs),
+        settings=(),
+        seeds=[None],
     )
 
 
@@ -181,11 +218,33 @@ def _before_recovery_row(metrics: dict[str, Any], base: Row) -> Row:
     )
 
 
+def task_stderr(zs: dict[str, Any] | None) -> dict[str, float | None]:
+    """lm-eval's standard error of each task's paper metric, in percent (None where not stored)."""
+    out = {}
+    for name, entry in (zs or {}).get("tasks", {}).items():
+        value = entry.get(f"{entry.get('paper_metric', 'acc')}_stderr")
+        out[name] = pct(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    return out
+
+
 def rows_from_metrics(
-    metrics: dict[str, Any], path: str | Path | None = None, *, before_recovery: bool = False
+    metrics: dict[str, Any],
+    path: str | Path | None = None,
+    *,
+    before_recovery: bool = False,
+    config: dict[str, Any] | None = None,
+    losses: dict[str, StageLosses] | None = None,
 ) -> list[Row]:
     """The rows one run contributes: the pruned model, its dense model (if evaluated) and, optionally, the
-    one-shot result before LoRA recovery."""
+    one-shot result before LoRA recovery.
+
+    Args:
+        metrics: the run's ``metrics.json``.
+        path: where it was read (the run dir when the run block names none).
+        before_recovery: add the one-shot result before recovery.
+        config: the run's resolved ``config.yaml`` (settings not in the run block are read there).
+        losses: the stages of its ``window_losses.json``.
+    """
     run = metrics.get("run", {})
     pattern = (metrics.get("semistructured") or {}).get("pattern")
     random_weights = run.get("weights") == "random"  # model.source=shape / tiny: memory and speed only
@@ -196,13 +255,20 @@ def rows_from_metrics(
         eval_seq_len=metrics.get("eval", {}).get("seq_len"),
         run_dirs=[str(run.get("dir") or (Path(path).parent if path else ""))],
         pattern=pattern,
+        settings=run_settings(run, config),
+        seeds=[run.get("seed", _seed(config))],
     )
     rows = [_pruned_row(metrics, base)]
     if "dense" in metrics:
         rows.append(_dense_row(metrics, base))
     if before_recovery and "pruned_before_recovery" in metrics:
         rows.append(_before_recovery_row(metrics, base))
-    return rows
+    return [replace(r, losses=[(losses or {}).get(STAGE_OF_KIND[r.kind])], run_ppl=[r.ppl]) for r in rows]
+
+
+def _seed(config: dict[str, Any] | None) -> int | None:
+    trainer = (config or {}).get("trainer")
+    return trainer.get("seed") if isinstance(trainer, dict) else None
 
 
 def failed_rows(root: str | Path) -> list[Row]:
@@ -235,32 +301,46 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def _mean_dict(dicts: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
+def _std(values: Iterable[float | None]) -> float | None:
+    """The sample standard deviation (None below two values)."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.stdev(vals) if len(vals) > 1 else None
+
+
+def _mean_dict(dicts: Sequence[dict[str, float | None]], reduce=_mean) -> dict[str, float | None]:
     keys: list[str] = []
     for d in dicts:
         keys += [k for k in d if k not in keys]
-    return {k: _mean(d.get(k) for d in dicts) for k in keys}
+    return {k: reduce(d.get(k) for d in dicts) for k in keys}
 
 
 def aggregate(rows: Sequence[Row]) -> list[Row]:
-    """One row per (model, kind, method, ratio): numbers averaged over the runs (seeds) that share it.
+    """One row per (model, kind, method, ratio, settings): numbers averaged over the runs (seeds) that
+    share it, with their standard deviation over runs (``*_std``, when there are two or more).
 
-    Dense rows count once per distinct run directory; ``n_runs`` is not shown for them.
+    Dense rows count once per distinct run directory; ``n_runs`` is not shown for them, and their
+    numbers and window losses are the first run's. Labels are then qualified by the settings that differ
+    within a ratio block (:func:`loraprune.report.settings.qualify`).
     """
     groups: dict[tuple, list[Row]] = {}
     for row in rows:
         key = (row.model, row.kind, row.method, round(row.ratio, 6), row.pattern, row.eval_seq_len)
-        groups.setdefault(key, []).append(row)
+        groups.setdefault((*key, row.settings), []).append(row)
     out = []
     for group in groups.values():
         first = group[0]
         n = len(group) if first.kind in ("run", "failed") else 1
+        multi = group if n > 1 else []
         out.append(
             replace(
                 first,
                 ppl=_mean_dict([r.ppl for r in group]),
+                ppl_std=_mean_dict([r.ppl for r in multi], _std),
                 tasks=_mean_dict([r.tasks for r in group]),
+                tasks_std=_mean_dict([r.tasks for r in multi], _std),
+                tasks_stderr=first.tasks_stderr if n == 1 else {},
                 average=_mean(r.average for r in group),
+                average_std=_std(r.average for r in multi),
                 params_removed=_mean(r.params_removed for r in group),
                 memory_gib=_mean(r.memory_gib for r in group),
                 memory_device=first.memory_device,
@@ -268,9 +348,14 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
                 sparsity=_mean(r.sparsity for r in group),
                 n_runs=n,
                 run_dirs=[d for r in group for d in r.run_dirs],
+                seeds=[s for r in group for s in r.seeds] if n > 1 else first.seeds,
+                losses=[x for r in group for x in r.losses] if n > 1 else first.losses,
+                run_ppl=[x for r in group for x in r.run_ppl] if n > 1 else first.run_ppl,
             )
         )
-    return sort_rows(out)
+    out = sort_rows(out)
+    marks = qualify(out)
+    return [replace(r, qualifier=marks.get(i)) for i, r in enumerate(out)]
 
 
 # ------------------------------------------------------------------------------------------ sorting
@@ -298,9 +383,45 @@ def sort_rows(rows: Iterable[Row]) -> list[Row]:
     )
 
 
-def collect_rows(root: str | Path, *, before_recovery: bool = False) -> list[Row]:
-    """All rows below ``root`` (failed sweep cells included), aggregated and sorted."""
+def read_config(run_dir: Path) -> dict[str, Any] | None:
+    """The resolved ``config.yaml`` of a run dir (None when absent or unreadable)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        log.warning("ignoring %s: %s", path, err)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def collect_rows(roots: str | Path | Sequence[str | Path], *, before_recovery: bool = False) -> list[Row]:
+    """All rows below one or several directories (failed sweep cells included), aggregated and sorted.
+
+    A run found below two of the roots counts once. The ``config.yaml`` and ``window_losses.json`` beside
+    each ``metrics.json`` are read too.
+
+    Raises:
+        loraprune.report.windows.WindowLossesError: a ``window_losses.json`` is malformed.
+    """
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
     rows: list[Row] = []
-    for path, metrics in load_metrics(root):
-        rows += rows_from_metrics(metrics, path, before_recovery=before_recovery)
-    return aggregate(rows + failed_rows(root))
+    seen: set[Path] = set()
+    for root in roots:
+        for path, metrics in load_metrics(root):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            rows += rows_from_metrics(
+                metrics,
+                path,
+                before_recovery=before_recovery,
+                config=read_config(path.parent),
+                losses=read_window_losses(path.parent),
+            )
+        for row in failed_rows(root):
+            if (key := Path(row.run_dirs[0]).resolve() / "failed") not in seen:
+                seen.add(key)
+                rows.append(row)
+    return aggregate(rows)
