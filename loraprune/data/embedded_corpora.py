@@ -27,6 +27,8 @@ Fixed fine-tune/test splits (stable: they do not depend on file order or on the 
 * news: a document (the stripped line) is a **test** document iff
   ``int(sha1(doc.encode("utf-8")).hexdigest(), 16) % 2 == 0`` (about 50%); identical documents
   therefore always fall on the same side.
+* news validation: the fine-tune documents with ``int(sha1(("validation:" + doc).encode("utf-8"))) % 2
+  == 0`` (about half of them); removed from the fine-tune side only with ``data.holdout_val=true``.
 
 Parsing takes a few seconds; results are cached per process.
 """
@@ -304,3 +306,21 @@ def embedded_news_split() -> tuple[list[str], list[str]]:
     """
     docs = _news_documents()
     return [d for d in docs if not is_news_test_document(d)], [d for d in docs if is_news_test_document(d)]
+
+
+def is_news_validation_document(doc: str) -> bool:
+    """Whether a fine-tune-side ``lee_background`` document is held out as validation."""
+    return _sha1_mod("validation:" + doc.strip(), 2) == 0
+
+
+def embedded_news_validation_split() -> tuple[list[str], list[str]]:
+    """The fine-tune side of :func:`embedded_news_split` with validation documents held out.
+
+    Returns:
+        ``(finetune without validation, validation)`` document lists in file order.
+    """
+    finetune, _ = embedded_news_split()
+    return (
+        [d for d in finetune if not is_news_validation_document(d)],
+        [d for d in finetune if is_news_validation_document(d)],
+    )

@@ -41,8 +41,8 @@ class FinetuneDataSpec:
         seed: Seed of the sample selection (a run sets it to ``trainer.seed``).
         field: Text field of record files for ``kind="text"``.
         mirror: Local hub mirror folder (None: ``$LORAPRUNE_HUB_MIRROR``, then the hub).
-        holdout_val: ``wiki_embedded`` only: fine-tune without its validation articles (evaluation set
-            ``wiki_embedded_val``); tuning runs set it, the default keeps the whole fine-tune side.
+        holdout_val: ``wiki_embedded`` / ``news_embedded``: fine-tune without their validation documents
+            (evaluation sets ``wiki_embedded_val`` / ``news_embedded_val``); the embedded default sets it.
 
     This is also the ``data`` config node of a run.
     """
@@ -76,7 +76,9 @@ def validate_finetune_spec(spec: FinetuneDataSpec, *, mirror: MirrorPath = None)
     """Cheap checks of ``spec`` (:func:`~loraprune.data.sources.validate_finetune_source`); loads nothing."""
     validate_finetune_source(spec.name, kind=spec.kind, mirror=mirror)
     if spec.holdout_val and spec.name not in EMBEDDED_VALIDATION.values():
-        raise ValueError(f"data.holdout_val: {spec.name!r} has no validation split (wiki_embedded has one)")
+        raise ValueError(
+            f"data.holdout_val: {spec.name!r} has no validation split (only wiki_embedded, news_embedded)"
+        )
 
 
 def _choose(n: int, nsamples: int | None, seed: int, what: str) -> list[int]:

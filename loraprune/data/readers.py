@@ -10,6 +10,7 @@ from typing import Any
 
 from loraprune.data.embedded_corpora import (
     embedded_news_split,
+    embedded_news_validation_split,
     embedded_wiki_split,
     embedded_wiki_validation_split,
 )
@@ -93,15 +94,17 @@ def column(ds: Any, field: str, where: str) -> list[str]:
 
 
 def embedded_docs(name: str, side: str, holdout_val: bool = False) -> list[str]:
-    """Documents of the ``test``, ``finetune`` or (wiki only) ``validation`` side of an embedded corpus;
-    ``holdout_val``: the wiki fine-tune side without the validation articles."""
+    """Documents of the ``test``, ``finetune`` or ``validation`` side of an embedded corpus;
+    ``holdout_val``: the fine-tune side without the validation documents."""
     if side not in ("test", "finetune", "validation"):
         raise ValueError(f"split of {name!r} must be 'test', 'finetune' or 'validation', got {side!r}")
     if name != "wiki_embedded":
-        if holdout_val or side == "validation":
-            raise ValueError(f"{name!r} has no validation split (only wiki_embedded has one)")
-        finetune_docs, test_docs = embedded_news_split()
-        return test_docs if side == "test" else finetune_docs
+        if side == "test":
+            return embedded_news_split()[1]
+        if side == "finetune" and not holdout_val:
+            return embedded_news_split()[0]
+        rest, validation = embedded_news_validation_split()
+        return validation if side == "validation" else rest
     if side == "test" or (side == "finetune" and not holdout_val):
         finetune, test = embedded_wiki_split()
         return [a.text for a in (test if side == "test" else finetune)]

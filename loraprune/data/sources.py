@@ -9,6 +9,8 @@ A source is one of:
   ``wiki_embedded`` and ``news_embedded``, usable for both purposes (disjoint fine-tune and test sides),
   and ``wiki_embedded_val`` for evaluation only (validation articles; fine-tune with
   ``data.holdout_val=true`` to hold them out);
+* ``drama_embedded`` / ``tech_embedded`` (and ``*_val``): text of other domains shipped by packages
+  (:mod:`loraprune.data.domain_corpora`), for evaluation only;
 * a local file: ``.txt`` (whole file, UTF-8), ``.jsonl`` / ``.json`` / ``.parquet`` (records).
 
 Every check raises a ``ValueError`` whose message is one line that names the source and the fix.
@@ -25,8 +27,16 @@ from loraprune.data.hub import EVAL_HUB_SOURCES, INSTRUCTION_HUB_SOURCES
 from loraprune.data.mirror import MirrorPath, check_mirror, mirror_root
 
 EMBEDDED_SOURCES = ("wiki_embedded", "news_embedded")
-EMBEDDED_VALIDATION = {"wiki_embedded_val": "wiki_embedded"}
-"""Evaluation-only names: the validation articles held out of an embedded corpus's fine-tune side."""
+EMBEDDED_VALIDATION = {"wiki_embedded_val": "wiki_embedded", "news_embedded_val": "news_embedded"}
+"""Evaluation-only names: the validation documents held out of an embedded corpus's fine-tune side."""
+DOMAIN_SOURCES = {
+    "drama_embedded": ("drama", "test"),
+    "drama_embedded_val": ("drama", "validation"),
+    "tech_embedded": ("tech", "test"),
+    "tech_embedded_val": ("tech", "validation"),
+}
+"""Evaluation-only sets of other domains (:mod:`loraprune.data.domain_corpora`): ``(set, side)``."""
+EVAL_ONLY_SOURCES = (*EMBEDDED_VALIDATION, *DOMAIN_SOURCES)
 FILE_EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
 KINDS = ("auto", "text", "instruction")
 HEAD_BYTES = 1 << 16
@@ -84,7 +94,8 @@ def validate_finetune_source(name: str, *, kind: str = "auto", mirror: MirrorPat
         return
     path = file_path(name)
     if path is None:
-        raise _unknown(name, "finetune", (*EMBEDDED_SOURCES, *INSTRUCTION_HUB_SOURCES), EVAL_HUB_SOURCES)
+        other = {**EVAL_HUB_SOURCES, **dict.fromkeys(EVAL_ONLY_SOURCES)}
+        raise _unknown(name, "finetune", (*EMBEDDED_SOURCES, *INSTRUCTION_HUB_SOURCES), other)
     _check_kind(name, kind, "text" if path.suffix.lower() == ".txt" else None)
     check_text_file(path)
 
@@ -107,11 +118,11 @@ def validate_eval_source(name: str, *, split: str | None = None, mirror: MirrorP
         if root is not None:
             check_mirror(EVAL_HUB_SOURCES[name], root, split)
         return
-    if name in EMBEDDED_SOURCES or name in EMBEDDED_VALIDATION:
+    if name in EMBEDDED_SOURCES or name in EVAL_ONLY_SOURCES:
         return
     path = file_path(name)
     if path is None:
-        known = (*EVAL_HUB_SOURCES, *EMBEDDED_SOURCES, *EMBEDDED_VALIDATION)
+        known = (*EVAL_HUB_SOURCES, *EMBEDDED_SOURCES, *EVAL_ONLY_SOURCES)
         raise _unknown(name, "eval", known, INSTRUCTION_HUB_SOURCES)
     check_text_file(path)
 

@@ -47,7 +47,7 @@ def plain_text(name: str, holdout_val: bool = False) -> str:
     check_plain_text_source(name)
     if name in EMBEDDED_SOURCES:
         return "\n\n".join(
-            embedded_docs(name, "finetune", holdout_val=holdout_val and name == "wiki_embedded")
+            embedded_docs(name, "finetune", holdout_val=holdout_val)
         )
     return read_text_file(Path(name).expanduser())
 
