@@ -5,37 +5,13 @@ from __future__ import annotations
 import os
 import platform
 import shlex
-import subprocess
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
+from loraprune.run.provenance import cpu_name, git_commit
 
 
 def machine_info(device: str, argv: list[str]) -> dict[str, Any]:
@@ -48,7 +24,7 @@ def machine_info(device: str, argv: list[str]) -> dict[str, Any]:
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["loraprune-bench", *argv]),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
@@ -60,7 +36,7 @@ def machine_info(device: str, argv: list[str]) -> dict[str, Any]:
             "transformers": transformers.__version__,
             "peft": peft.__version__,
         },
-        "commit": _git_commit(),
+        "commit": git_commit(short=True),
     }
 
 

@@ -141,13 +141,18 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    """Perplexity sets (names or local files), window length and cap; zero-shot through lm-eval."""
+    """Perplexity sets (names or local files), window length and cap (``max_windows``: null = every window,
+    else that many spread evenly over each set); zero-shot through lm-eval."""
 
-    ppl_sets: list[str] = field(default_factory=lambda: ["wiki_embedded", "news_embedded"])
+    ppl_sets: list[str] = field(
+        default_factory=lambda: ["wiki_embedded", "news_embedded", "drama_embedded", "tech_embedded"]
+    )
     seq_len: int = 128
     max_windows: int | None = 64
     batch_size: int = 8
     dense: bool = True
+    dense_cache: bool = True  # the dense model's perplexity cached across runs, keyed by content hashes
+    before_recovery: bool = True  # one-shot methods: also evaluate the pruned model before LoRA recovery
     zeroshot: ZeroShotSpec = field(default_factory=ZeroShotSpec)
     sparse_speed: bool = True  # N:M runs: time torch's 2:4 sparse kernels where a GPU supports them
 

@@ -23,16 +23,17 @@ from loraprune.core.schedule import build_schedule
 from loraprune.core.surgery import count_parameters, decoder_parameters
 from loraprune.criteria import CRITERIA, build_criterion
 from loraprune.evaluation import sparse_speed
-from loraprune.evaluation.ppl import perplexity, tokenize_stream
 from loraprune.export.card import cli_command
 from loraprune.pruners import CalibrationData, Pruner, PruneResult, build_pruner
 from loraprune.run import distributed
 from loraprune.run.adapters import add_lora
 from loraprune.run.checkpoint import save_pruned, write_json, write_text
 from loraprune.run.config import LoraPruneConfig
+from loraprune.run.evaluate import EvalRecord, coverage, evaluate_ppl, load_eval_streams
 from loraprune.run.loggers import Logger, MultiLogger, build_logger
 from loraprune.run.memory import PeakMemory
 from loraprune.run.models import load_model, model_path
+from loraprune.run.provenance import provenance
 from loraprune.run.quantize import quantize_base
 from loraprune.run.resolve import ConfigError, RunPlan, resolve
 from loraprune.run.resume import (
@@ -83,12 +84,15 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
     logger = start_run_dir(plan) if main else MultiLogger()
     try:
         model, tokenizer = load(plan)
-        streams = load_eval_streams(plan, tokenizer)
+        streams = load_eval_streams(plan.cfg, tokenizer)
         samples, steps = load_finetune_data(plan, tokenizer)
         metrics = describe_run(plan, steps, model)
+        record = EvalRecord(plan.run_dir if main else None, plan.cfg.eval.seq_len, bool(plan.cfg.resume))
         earlier = earlier_metrics(plan.run_dir) if plan.cfg.resume else {}  # measured before the kill
         if plan.cfg.eval.dense and main:
-            metrics["dense"] = earlier.get("dense") or evaluate(model, tokenizer, plan.cfg, streams, "dense")
+            metrics["dense"] = earlier.get("dense") or evaluate(
+                model, tokenizer, plan.cfg, streams, "dense", record
+            )
         if plan.cfg.model.quantize:  # after the dense evaluation: the base as loaded is the reference
             quantize_base(model, plan.cfg.model.quantize)
         with PeakMemory() as memory:
@@ -105,9 +109,10 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
             )
             pruner.prepare(calibration)
             distributed.sync_decision(pruner, accelerator, weights=True)
-            if pruner.prunes_at_start and steps > 0 and main:  # the one-shot result before LoRA recovery
+            one_shot = pruner.prunes_at_start and steps > 0 and plan.cfg.eval.before_recovery
+            if one_shot and main:  # the one-shot result before LoRA recovery
                 metrics["pruned_before_recovery"] = earlier.get("pruned_before_recovery") or evaluate_ppl(
-                    peft_model, plan.cfg, streams, "one-shot"
+                    peft_model, plan.cfg, streams, "one-shot", record
                 )
             metrics["train"] = finetune(
                 peft_model,
@@ -128,8 +133,9 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
             return {"objective": None}
         model = result.apply(peft_model)
         metrics.update(
-            measure_pruned(model, tokenizer, plan, result, streams, metrics, pruner.prunes_at_start)
+            measure_pruned(model, tokenizer, plan, result, streams, metrics, pruner.prunes_at_start, record)
         )
+        metrics["eval"]["windows"] = coverage(record)
         metrics["memory"] = memory.as_dict()
         finish(model, tokenizer, plan, result, metrics, logger, started)
     finally:
@@ -183,14 +189,6 @@ def load(plan: RunPlan):
     return model, tokenizer
 
 
-def load_eval_streams(plan: RunPlan, tokenizer) -> dict[str, torch.Tensor]:
-    """Every perplexity set, tokenized once."""
-    mirror = plan.cfg.data.mirror
-    return {
-        n: tokenize_stream(data.load_eval_text(n, mirror=mirror), tokenizer) for n in plan.cfg.eval.ppl_sets
-    }
-
-
 def load_finetune_data(plan: RunPlan, tokenizer) -> tuple[list[dict], int]:
     """The tokenized fine-tune samples and the number of optimizer steps."""
     d, t = plan.cfg.data, plan.cfg.trainer
@@ -231,9 +229,11 @@ def describe_run(plan: RunPlan, steps: int, model) -> dict[str, Any]:
             "steps": steps,
             "data": cfg.data.name,
             "seed": cfg.trainer.seed,
+            "selection": plan.pruner.selection if plan.pruner.pattern is None else None,
         },
         "eval": {"seq_len": cfg.eval.seq_len, "max_windows": cfg.eval.max_windows, "sets": cfg.eval.ppl_sets},
         "params": {"total_before": count_parameters(model), "decoder_before": decoder_parameters(model)},
+        "provenance": provenance(cli_command(), next(model.parameters()).device),
     }
 
 
@@ -245,20 +245,10 @@ def make_pruner(peft_model, plan: RunPlan, steps: int) -> Pruner:
     return build_pruner(peft_model, plan.geometry, criterion, plan.pruner, schedule)
 
 
-def evaluate_ppl(model, cfg: LoraPruneConfig, streams: dict[str, torch.Tensor], tag: str) -> dict:
-    """Perplexity of every evaluation set."""
-    e = cfg.eval
-    ppl = {
-        name: perplexity(model, ids, e.seq_len, e.max_windows, e.batch_size, desc=f"{tag} ppl {name}")
-        for name, ids in streams.items()
-    }
-    log.info("%s ppl: %s", tag, ", ".join(f"{k} {v:.3f}" for k, v in ppl.items()))
-    return {"ppl": ppl}
-
-
-def evaluate(model, tokenizer, cfg: LoraPruneConfig, streams: dict[str, torch.Tensor], tag: str) -> dict:
-    """Perplexity, and zero-shot accuracy when enabled."""
-    out = evaluate_ppl(model, cfg, streams, tag)
+def evaluate(model, tokenizer, cfg: LoraPruneConfig, streams, tag: str, record: EvalRecord) -> dict:
+    """Perplexity (the dense model's from the cache when it was measured before), and zero-shot accuracy
+    when enabled."""
+    out = evaluate_ppl(model, cfg, streams, tag, record, cached=tag == "dense" and cfg.eval.dense_cache)
     if cfg.eval.zeroshot.enabled:
         from loraprune.evaluation.zeroshot import evaluate_zeroshot
 
@@ -267,12 +257,14 @@ def evaluate(model, tokenizer, cfg: LoraPruneConfig, streams: dict[str, torch.Te
 
 
 def measure_pruned(
-    model, tokenizer, plan: RunPlan, result: PruneResult, streams, metrics, pruned_at_start: bool
+    model, tokenizer, plan: RunPlan, result: PruneResult, streams, metrics, pruned_at_start: bool, record
 ) -> dict[str, Any]:
     """Evaluation and accounting of the pruned model."""
-    out: dict[str, Any] = {"pruned": evaluate(model, tokenizer, plan.cfg, streams, "pruned")}
-    if pruned_at_start and "pruned_before_recovery" not in metrics:  # no recovery steps: the same model
-        out["pruned_before_recovery"] = {"ppl": dict(out["pruned"]["ppl"])}
+    out: dict[str, Any] = {"pruned": evaluate(model, tokenizer, plan.cfg, streams, "pruned", record)}
+    no_recovery = not metrics["run"]["steps"]
+    if pruned_at_start and no_recovery and "pruned_before_recovery" not in metrics:  # the same model
+        out["pruned_before_recovery"] = {k: dict(out["pruned"][k]) for k in ("ppl", "ppl_ci")}
+        record.add("pruned_before_recovery", record.stages["pruned"])
     if result.nm_masks is not None:
         out["semistructured"] = sparsity_report(model, result.nm_masks, result.pattern)
     before = metrics["params"]

@@ -262,6 +262,11 @@ def _validate_training(cfg: LoraPruneConfig) -> None:
     )
     _check(cfg.eval.seq_len >= 2, f"eval.seq_len must be >= 2, got {cfg.eval.seq_len}")
     _check(
+        cfg.eval.max_windows is None or cfg.eval.max_windows >= 1,
+        f"eval.max_windows must be >= 1 or null (every window), got {cfg.eval.max_windows}",
+    )
+    _check(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}")
+    _check(
         cfg.logger.name in ("jsonl", "wandb"), f"unknown logger {cfg.logger.name!r}; expected jsonl or wandb"
     )
 
@@ -289,12 +294,12 @@ def _validate_sources(cfg: LoraPruneConfig) -> None:
     ]
     _check(
         not inside,
-        f"eval.ppl_sets {inside}: those validation articles are fine-tune data unless held out; "
+        f"eval.ppl_sets {inside}: those validation documents are fine-tune data unless held out; "
         "set data.holdout_val=true",
     )
     _check(
         not cfg.data.holdout_val or cfg.data.name in data.EMBEDDED_VALIDATION.values(),
-        f"data.holdout_val: {cfg.data.name!r} has no validation split (wiki_embedded has one)",
+        f"data.holdout_val: {cfg.data.name!r} has no validation split (only wiki_embedded, news_embedded)",
     )
 
 
