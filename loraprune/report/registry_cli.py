@@ -1,0 +1,94 @@
+"""The ``loraprune-results`` command: register finished runs, render the documented tables from them.
+
+``loraprune-results add RUN_DIR [RUN_DIR ...] --table NAME [--registry results] [--reference ROW]
+[--paper MODE]`` copies each run's records into ``results/NAME/<run>/``;
+``loraprune-results render [--registry results] [--out docs/results_tables.md] [--readme README.md]``
+writes every table and fills the README's headline blocks. Bad input ends with one
+``loraprune-results: error: ...`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from loraprune.report.layout import PAPER_MODES
+from loraprune.report.registry import REGISTRY, RegistryError, add_runs, render_registry, rewrite_headlines
+
+PROG = "loraprune-results"
+OUT = Path("docs/results_tables.md")
+README = Path("README.md")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="The results registry the documented tables come from."
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    add = sub.add_parser(
+        "add",
+        help="copy finished runs (metrics.json, config.yaml, window_losses.json, command.txt) into a table",
+    )
+    add.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="finished run directories")
+    add.add_argument("--table", required=True, help="the table folder: results/<TABLE>/")
+    add.add_argument("--registry", type=Path, default=REGISTRY, help="the registry's root (default: results)")
+    add.add_argument(
+        "--reference", metavar="ROW", help="record the row the table's Δ column compares against"
+    )
+    add.add_argument("--paper", choices=PAPER_MODES, help="record whether the table shows the published rows")
+    render = sub.add_parser("render", help="write every table, and fill README headline blocks")
+    render.add_argument(
+        "--registry", type=Path, default=REGISTRY, help="the registry's root (default: results)"
+    )
+    render.add_argument("--out", type=Path, default=OUT, help=f"the Markdown file (default: {OUT})")
+    render.add_argument(
+        "--readme",
+        type=Path,
+        default=README,
+        help='rewrite the blocks between <!-- results:headline:start table=NAME [reference="ROW"] --> and '
+        "<!-- results:headline:end --> in this file (default: README.md; skipped when absent)",
+    )
+    return parser
+
+
+def _update(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` unless it holds it already; say which on stderr."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        print(f"unchanged {path}", file=sys.stderr)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``loraprune-results add ...`` or ``loraprune-results render ...``.
+
+    Returns:
+        0, or 2 after one error line.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        if args.action == "add":
+            for path in add_runs(
+                args.run_dirs, args.table, args.registry, reference=args.reference, paper=args.paper
+            ):
+                print(f"added {path}", file=sys.stderr)
+            return 0
+        document = render_registry(args.registry)
+        readme = args.readme.read_text(encoding="utf-8") if args.readme.is_file() else None
+        filled = rewrite_headlines(readme, args.registry) if readme is not None else None
+    except RegistryError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    _update(args.out, document)
+    if filled is not None:
+        _update(args.readme, filled)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
