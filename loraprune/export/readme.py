@@ -134,11 +134,23 @@ def _ppl(card: ModelCard) -> list[str]:
         return []
     sets = list(dict.fromkeys(s for v in card.ppl.values() for s in v))
     stages = [s for s in ("dense", "pruned") if s in card.ppl]
-    lines = ["## Perplexity", "", f"| set | {' | '.join(stages)} |", "|---|" + "---|" * len(stages)]
-    lines += [f"| {s} | {' | '.join(_fmt(card.ppl[st].get(s)) for st in stages)} |" for s in sets]
     e = card.eval
+    covered = e.get("windows") or {}
+    head = f"| set | {' | '.join(stages)} |" + (" windows (documents) |" if covered else "")
+    lines = ["## Perplexity", "", head, "|---|" + "---|" * (len(stages) + bool(covered))]
+    for s in sets:
+        row = f"| {s} | {' | '.join(_fmt(card.ppl[st].get(s)) for st in stages)} |"
+        c = covered.get(s)
+        if c:
+            row += f" {c['windows']} of {c['of']} ({c['documents']} of {c['of_documents']}) |"
+        elif covered:
+            row += " – |"
+        lines.append(row)
     if e.get("seq_len"):
-        windows = f", at most {e['max_windows']} per set" if e.get("max_windows") else ""
+        if covered:
+            windows = "; windows of each set as counted above (a cap spreads them evenly over the set)"
+        else:
+            windows = f", at most {e['max_windows']} per set" if e.get("max_windows") else ""
         lines += ["", f"Non-overlapping windows of {e['seq_len']} tokens{windows}; PPL = exp(mean NLL)."]
     return [*lines, ""]
 
