@@ -20,7 +20,8 @@ from loraprune.run import results
 from loraprune.run.results import TASKS, flat_result
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-EMBEDDED_SETS = ("wiki_embedded", "news_embedded")
+EMBEDDED_SETS = ("wiki_embedded", "news_embedded")  # the fake runs' sets
+EMBEDDED_TEST_SETS = ("wiki_embedded", "news_embedded", "drama_embedded", "tech_embedded")  # eval=embedded
 PAPER_SETS = ("wikitext2", "ptb")
 
 
@@ -599,7 +600,7 @@ def test_embedded_grid_composes_and_every_grid_point_validates():
 
     cfg = compose("experiment=embedded_grid")
     assert cfg.model.name == "smollm2_135m" and cfg.model.source == "embedded"
-    assert list(cfg.eval.ppl_sets) == list(EMBEDDED_SETS)
+    assert list(cfg.eval.ppl_sets) == list(EMBEDDED_TEST_SETS)
     assert cfg.eval.zeroshot.enabled and cfg.eval.zeroshot.limit == 100
     assert list(cfg.eval.zeroshot.tasks) == list(TASKS)
     params = _sweep_params("embedded_grid")
@@ -643,7 +644,7 @@ def test_eval_groups_compose():
     paper = to_config(compose("eval=paper")).eval
     assert (paper.ppl_sets, paper.seq_len, paper.zeroshot.tasks) == (list(PAPER_SETS), 2048, list(TASKS))
     emb = to_config(compose("eval=embedded_zeroshot")).eval
-    assert emb.zeroshot.limit == 100 and emb.ppl_sets == list(EMBEDDED_SETS)
+    assert emb.zeroshot.limit == 100 and emb.ppl_sets == list(EMBEDDED_TEST_SETS)
 
 
 def test_random_weight_runs_are_marked(tmp_path):
