@@ -37,7 +37,8 @@ def test_bench_produces_every_figure_at_tiny_size(tmp_path, capsys):
     assert all(r["prefill_tokens_per_s"] > 0 for r in rows)
     # 4: perplexity and zero-shot throughput
     ev = result["evaluation"]
-    assert ev["ppl_tokens_per_s"] > 0 and ev["zeroshot_examples"] == 2
+    assert ev["ppl_tokens_per_s"] > 0 and ev["ppl_tokens_per_s_before"] > 0 and ev["zeroshot_examples"] == 2
+    assert "whole fp32 logits, batch 8 (before)" in markdown and "chunked loss" in markdown
     for title in ("1. Peak memory", "2. Loop throughput", "3. Pruned vs dense", "4. Evaluation throughput"):
         assert f"### {title}" in markdown
     assert "loraprune / grad" in markdown and "loraprune / llm_pruner" in markdown

@@ -10,20 +10,38 @@ from typing import Any
 import torch
 from torch import nn
 
-from loraprune.evaluation.ppl import perplexity
+from loraprune.evaluation.ppl import LOSS_CHUNK_TOKENS, perplexity
 from loraprune.evaluation.zeroshot import ZeroShotSpec, evaluate_zeroshot
 
 
+def _ppl_time(model: nn.Module, ids: torch.Tensor, seq_len: int, batch: int, chunk_tokens: int) -> float:
+    windows = ids.numel() // seq_len
+    perplexity(model, ids[: batch * seq_len], seq_len, None, batch, "warm-up", chunk_tokens)
+    start = time.perf_counter()
+    perplexity(model, ids, seq_len, windows, batch, "ppl speed", chunk_tokens)
+    return time.perf_counter() - start
+
+
 def ppl_speed(model: nn.Module, *, windows: int, seq_len: int, batch: int) -> dict[str, float]:
-    """Perplexity of ``windows`` random-token windows of ``seq_len`` (the value means nothing; the
-    time is that of any text)."""
+    """Perplexity tokens/s of ``windows`` random-token windows of ``seq_len`` (the value means nothing;
+    the time is that of any text), side by side: the earlier protocol (whole fp32 logits, then the loss;
+    batch 8) and today's (the loss over chunks of positions, batch ``batch``), alternated twice so both
+    see the same machine."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, model.config.vocab_size, (windows * seq_len,), generator=gen)
-    perplexity(model, ids[: batch * seq_len], seq_len, batch, batch, desc="warm-up")
-    start = time.perf_counter()
-    perplexity(model, ids, seq_len, windows, batch, desc="ppl speed")
-    elapsed = time.perf_counter() - start
-    return {"ppl_tokens_per_s": windows * seq_len / elapsed, "ppl_windows": windows, "ppl_seconds": elapsed}
+    before, after = [], []
+    for _ in range(2):
+        before.append(_ppl_time(model, ids, seq_len, 8, 0))
+        after.append(_ppl_time(model, ids, seq_len, batch, LOSS_CHUNK_TOKENS))
+    tokens = windows * seq_len
+    return {
+        "ppl_tokens_per_s": tokens / min(after),
+        "ppl_tokens_per_s_before": tokens / min(before),
+        "ppl_speedup": min(before) / min(after),
+        "ppl_windows": windows,
+        "ppl_seconds": min(after),
+        "ppl_seconds_before": min(before),
+    }
 
 
 def zeroshot_speed(

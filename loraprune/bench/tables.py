@@ -141,8 +141,21 @@ def evaluation_lines(ev: dict[str, Any]) -> list[str]:
         *_table(
             ["what", "throughput", "amount", "seconds"],
             [
+                *(
+                    [
+                        [
+                            f"perplexity, windows of {s['seq_len']}: whole fp32 logits, batch 8 (before)",
+                            f"{ev['ppl_tokens_per_s_before']:.1f} tokens/s",
+                            f"{ev['ppl_windows']} windows",
+                            f"{ev['ppl_seconds_before']:.2f}",
+                        ]
+                    ]
+                    if "ppl_seconds_before" in ev
+                    else []
+                ),
                 [
-                    f"perplexity, windows of {s['seq_len']}",
+                    f"perplexity, windows of {s['seq_len']}: chunked loss, batch {s['batch']}"
+                    + (f" (**{ev['ppl_speedup']:.2f}×**)" if "ppl_speedup" in ev else ""),
                     f"{ev['ppl_tokens_per_s']:.1f} tokens/s",
                     f"{ev['ppl_windows']} windows",
                     f"{ev['ppl_seconds']:.2f}",

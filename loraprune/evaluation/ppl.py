@@ -192,11 +192,11 @@ def window_nll(model: nn.Module, batch: torch.Tensor, chunk_tokens: int = LOSS_C
     """Summed NLL of every window of ``batch`` ([B, S] ids): one value per window, fp32.
 
     Runs the decoder once and the output layer over ``chunk_tokens`` positions at a time, so the full
-    logits never exist in fp32 at once; models that do not expose decoder and head fall back to the
-    full forward.
+    logits never exist in fp32 at once; ``chunk_tokens=0`` and models that do not expose decoder and
+    head take the full forward (all logits, then the loss).
     """
     targets = batch[:, 1:]
-    parts = _decoder_and_head(model)
+    parts = _decoder_and_head(model) if chunk_tokens > 0 else None
     if parts is None:
         logits = model(input_ids=batch).logits[:, :-1].float()
         nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
@@ -221,6 +221,7 @@ def window_losses(
     max_windows: int | None = None,
     batch_size: int = 8,
     desc: str = "ppl",
+    chunk_tokens: int = LOSS_CHUNK_TOKENS,
 ) -> WindowLosses:
     """Every selected window's summed NLL (see :func:`stream_windows`, :func:`window_nll`)."""
     if isinstance(stream, torch.Tensor):
@@ -231,7 +232,7 @@ def window_losses(
     windows, info = stream_windows(stream, seq_len, max_windows)
     nll: list[float] = []
     for start in tqdm(range(0, windows.shape[0], batch_size), desc=desc, leave=False):
-        nll += window_nll(model, windows[start : start + batch_size].to(device)).tolist()
+        nll += window_nll(model, windows[start : start + batch_size].to(device), chunk_tokens).tolist()
     model.train(was_training)
     info.nll = nll
     return info
@@ -244,6 +245,7 @@ def perplexity(
     max_windows: int | None = None,
     batch_size: int = 8,
     desc: str = "ppl",
+    chunk_tokens: int = LOSS_CHUNK_TOKENS,
 ) -> float:
     """PPL = exp(mean NLL over every predicted token of every selected window)."""
-    return window_losses(model, ids, seq_len, max_windows, batch_size, desc).ppl
+    return window_losses(model, ids, seq_len, max_windows, batch_size, desc, chunk_tokens).ppl
