@@ -116,8 +116,8 @@ def find_references(rows: Sequence[Row], spec: str) -> dict[tuple, Row]:
             )
         found[block] = row
     if not found:
-        shown = sorted({f"{r.label}@{r.ratio_label}" for r in rows if r.kind in PAIRED_KINDS})
-        raise UncertaintyError(f"--reference {spec!r} matches no row; rows: {'; '.join(shown)}")
+        shown = "; ".join(sorted({f"{r.label}@{r.ratio_label}" for r in rows if r.kind in PAIRED_KINDS}))
+        raise UncertaintyError(f"--reference {spec!r} matches no row; rows: {shown or 'none finished'}")
     return found
 
 
