@@ -2,7 +2,7 @@
 """Paper-style tables (and plots) from a multirun directory; see :mod:`loraprune.report.cli`.
 
 python scripts/make_tables.py outputs/multirun/<date>/<time> [--out docs/results.md]
-    [--latex docs/results.tex] [--plots docs/plots] [--reference auto|separate|none]
+    [--latex docs/results.tex] [--plots docs/plots] [--paper auto|separate|none]
 """
 
 from loraprune.report.cli import main

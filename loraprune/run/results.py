@@ -23,12 +23,29 @@ TASK_LABELS = {
     "arc_challenge": "ARC-c",
     "openbookqa": "OBQA",
 }
-PPL_ORDER = ("wikitext2", "ptb", "wiki_embedded", "news_embedded")
+PPL_ORDER = (
+    "wikitext2",
+    "ptb",
+    "wiki_embedded_val",
+    "news_embedded_val",
+    "drama_embedded_val",
+    "tech_embedded_val",
+    "wiki_embedded",
+    "news_embedded",
+    "drama_embedded",
+    "tech_embedded",
+)
 PPL_LABELS = {
     "wikitext2": "WikiText2",
     "ptb": "PTB",
     "wiki_embedded": "Wiki (emb.)",
     "news_embedded": "News (emb.)",
+    "drama_embedded": "Drama (emb.)",
+    "tech_embedded": "Tech (emb.)",
+    "wiki_embedded_val": "Wiki val",
+    "news_embedded_val": "News val",
+    "drama_embedded_val": "Drama val",
+    "tech_embedded_val": "Tech val",
 }
 
 
