@@ -11,11 +11,12 @@ from conftest import CONF, compose
 
 from loraprune.report.cli import main
 from loraprune.report.latex import to_latex
-from loraprune.report.layout import build_tables
+from loraprune.report.layout import SetsError, build_tables, select_sets
 from loraprune.report.markdown import to_markdown
 from loraprune.report.plots import plot_kept_widths, plot_ppl_vs_ratio, write_plots
 from loraprune.report.reference import load_reference, reference_rows
 from loraprune.report.rows import collect_rows
+from loraprune.report.windows import WindowLossesError, read_window_losses
 from loraprune.run import results
 from loraprune.run.results import TASKS, flat_result
 
@@ -445,6 +446,218 @@ def test_reference_column_pairs_rows_at_the_same_ratio(tmp_path):
     assert to_markdown(again) == md
     tex = to_latex([table])
     assert r"$\Delta$\% vs LoRA + mask Fisher" in tex and "+10.52 [+10.52, +10.52]*" in tex
+
+
+# the validation and test sets: the reference's NLL per token on every window, and how much worse LoRAPrune is
+VAL_TEST_NLL = {
+    "wiki_embedded_val": 1.0,
+    "news_embedded_val": 3.0,
+    "wiki_embedded": 2.0,
+    "news_embedded": 4.0,
+}
+VAL_TEST_SHIFT = {
+    "wiki_embedded_val": 0.1,
+    "news_embedded_val": 0.3,
+    "wiki_embedded": 0.2,
+    "news_embedded": 0.4,
+}
+
+
+def write_val_test_pair(root: Path, extra: dict[str, tuple[float, float]] | None = None) -> None:
+    """mask_fisher and loraprune at 20% on two validation and two test sets (and ``extra``: set → (NLL,
+    shift)), 10 documents of one window each. Every window of a set has the same NLL, so every interval
+    has no width: mask_fisher's perplexity on a set is e^NLL, LoRAPrune's e^(NLL + shift), and LoRAPrune's
+    paired Δ% over some sets is 100·(e^(mean shift) − 1)."""
+    docs = list(range(10))
+    spec = {k: (VAL_TEST_NLL[k], VAL_TEST_SHIFT[k]) for k in VAL_TEST_NLL} | (extra or {})
+    for name, method, shifted in (("fisher", "mask_fisher", False), ("lora", "loraprune", True)):
+        sets = {k: ([nll + shifted * shift for _ in docs], docs) for k, (nll, shift) in spec.items()}
+        write_windowed_run(root, name, method=method, sets=sets, zeroshot=None)
+
+
+def _delta(shift: float) -> str:
+    """A zero-width Δ% cell of a mean shift of ``shift`` nat/token."""
+    d = f"{100 * math.expm1(shift):+.2f}"
+    return f"{d} [{d}, {d}]*"
+
+
+def test_select_sets_keeps_validation_or_test_sets_or_names_in_table_order():
+    have = ["wikitext2", "wiki_embedded_val", "news_embedded_val", "wiki_embedded", "news_embedded"]
+    assert select_sets("val", have) == ["wiki_embedded_val", "news_embedded_val"]
+    assert select_sets("test", have) == ["wikitext2", "wiki_embedded", "news_embedded"]
+    assert select_sets(" news_embedded , wiki_embedded_val", have) == ["wiki_embedded_val", "news_embedded"]
+    assert select_sets("val,news_embedded", have) == [
+        "wiki_embedded_val",
+        "news_embedded_val",
+        "news_embedded",
+    ]
+    assert select_sets("ptb,val", have, strict=False) == ["wiki_embedded_val", "news_embedded_val"]
+    with pytest.raises(
+        SetsError, match=r"^--sets: unknown set 'ptb'; the runs have wikitext2, wiki_embedded_val"
+    ):
+        select_sets("val,ptb", have)
+    with pytest.raises(SetsError, match="^--sets 'val' selects none of the runs' sets; they have wikitext2$"):
+        select_sets("val", ["wikitext2"])
+    with pytest.raises(SetsError, match="names no set"):
+        select_sets(" , ", have)
+
+
+def test_sets_show_those_columns_with_the_geo_mean_and_delta_over_them(tmp_path):
+    write_val_test_pair(tmp_path)
+    rows = collect_rows(tmp_path)
+
+    def table(sets):
+        (t,) = build_tables(rows, paper="none", reference="mask_fisher", sets=sets)
+        return t, to_markdown([t])
+
+    val, md = table("val")
+    assert val.ppl_sets == ["wiki_embedded_val", "news_embedded_val"]
+    assert "| Ratio | Method | Wiki val | News val | Geo. mean | Δ% vs LoRA + mask Fisher | Params" in md
+    # e^1, e^3, geo mean e^2; LoRAPrune 0.1 and 0.3 worse: e^1.1, e^3.3, e^2.2, Δ 100 (e^0.2 − 1)
+    assert (
+        "| 20% | LoRA + mask Fisher | 2.72 [2.72, 2.72] | 20.09 [20.09, 20.09] | 7.39 [7.39, 7.39] | ref. |"
+        in md
+    )
+    assert (
+        f"| 20% | LoRAPrune | 3.00 [3.00, 3.00] | 27.11 [27.11, 27.11] | 9.03 [9.03, 9.03] | {_delta(0.2)} |"
+        in md
+    )
+    assert "Wiki (emb.)" not in md and "- Evaluated: Wiki val 10 of 20 windows" in md
+    test, md = table("test")
+    assert test.ppl_sets == ["wiki_embedded", "news_embedded"]
+    assert (
+        "| 20% | LoRA + mask Fisher | 7.39 [7.39, 7.39] | 54.60 [54.60, 54.60] | 20.09 [20.09, 20.09] |" in md
+    )
+    assert _row_line(md, "| 20% | LoRAPrune |").split(" | ")[5] == _delta(0.3)
+    assert "val" not in md.split("\n\n")[1]  # the header
+    # a comma list, shown in the table's order (validation first), Δ over those two: (0.3 + 0.2) / 2
+    mixed, md = table("wiki_embedded,news_embedded_val")
+    assert mixed.ppl_sets == ["news_embedded_val", "wiki_embedded"]
+    assert _row_line(md, "| 20% | LoRAPrune |").split(" | ")[5] == _delta(0.25)
+    # every set (the default): the geometric mean and Δ over all four mix validation and test
+    every, md = table(None)
+    assert every.ppl_sets == list(VAL_TEST_NLL)
+    assert _row_line(md, "| 20% | LoRA + mask Fisher |").split(" | ")[6] == "12.18 [12.18, 12.18]"  # e^2.5
+    assert _row_line(md, "| 20% | LoRAPrune |").split(" | ")[7] == _delta(0.25)
+
+
+def test_up_to_four_sets_get_a_per_set_delta_table_under_the_main_one(tmp_path):
+    write_val_test_pair(tmp_path, extra={"drama_embedded": (5.0, 0.5)})
+    rows = collect_rows(tmp_path)
+    (val,) = build_tables(rows, paper="none", reference="mask_fisher", sets="val")
+    companion = val.per_set
+    assert companion is not None and companion.kind == "deltas" and companion.ppl_sets == val.ppl_sets
+    md = to_markdown([val])
+    assert md.index("### smollm2_135m\n") < md.index(
+        "### smollm2_135m: paired Δ% per set vs LoRA + mask Fisher\n"
+    )
+    assert "| Ratio | Method | Wiki val | News val | Geo. mean |\n|:--|:--|--:|--:|--:|\n" in md
+    lora = f"| 20% | LoRAPrune | {_delta(0.1)} | {_delta(0.3)} | {_delta(0.2)} |"
+    assert lora in md and "| 20% | LoRA + mask Fisher | ref. | ref. | ref. |" in md
+    assert "| 0% | Dense | –" not in md.split("paired Δ% per set")[1]  # compared rows only
+    assert any(n.startswith("Each set alone: 100·(ppl/ppl_ref − 1)") for n in companion.notes)
+    tex = to_latex([val])
+    assert tex.count(r"\begin{table*}") == 2 and r"\begin{tabular}{llrrr}" in tex
+    assert rf"20\% & LoRAPrune & {_delta(0.1)} & {_delta(0.3)} & {_delta(0.2)} \\" in tex
+    assert r"\caption{smollm2\_135m: paired $\Delta$\% per set vs LoRA + mask Fisher." in tex
+    # three test sets: a column each; five sets (all): too many, the geo-mean Δ column only
+    (test,) = build_tables(rows, paper="none", reference="mask_fisher", sets="test")
+    assert [
+        c.split(" [")[0]
+        for c in _row_line(to_markdown([test.per_set]), "| 20% | LoRAPrune |").split(" | ")[2:]
+    ] == [f"{100 * math.expm1(s):+.2f}" for s in (0.2, 0.4, 0.5, 1.1 / 3)]
+    (every,) = build_tables(rows, paper="none", reference="mask_fisher")
+    assert len(every.ppl_sets) == 5 and every.per_set is None and "per set" not in to_markdown([every])
+    # one set: its Δ is the Δ column; no reference: no Δ at all
+    (one,) = build_tables(rows, paper="none", reference="mask_fisher", sets="wiki_embedded")
+    assert one.per_set is None and one.rows[-1].set_deltas == {}
+    assert build_tables(rows, paper="none", sets="val")[0].per_set is None
+
+
+def test_a_per_set_delta_whose_interval_holds_zero_has_no_star(tmp_path):
+    # news: half the documents 0.2 nat/token better, half 0.2 worse: Δ 0 on news, its interval around 0;
+    # wiki 0.1 worse everywhere
+    docs = list(range(20))
+    base = {"wiki_embedded": ([1.0] * 20, docs), "news_embedded": ([2.0 + d % 3 / 2 for d in docs], docs)}
+    worse = {
+        "wiki_embedded": ([1.1] * 20, docs),
+        "news_embedded": (
+            [x + (0.2 if d % 2 else -0.2) for x, d in zip(*base["news_embedded"], strict=True)],
+            docs,
+        ),
+    }
+    write_windowed_run(tmp_path, "fisher", method="mask_fisher", sets=base, zeroshot=None)
+    write_windowed_run(tmp_path, "lora", method="loraprune", sets=worse, zeroshot=None)
+    (table,) = build_tables(collect_rows(tmp_path), paper="none", reference="mask_fisher")
+    lora = next(r for r in table.rows if r.method == "loraprune")
+    news = lora.set_deltas["news_embedded"]
+    assert news.estimate == pytest.approx(0.0, abs=1e-9) and news.low < 0 < news.high
+    cells = _row_line(to_markdown([table.per_set]), "| 20% | LoRAPrune |").split(" | ")
+    assert cells[2] == _delta(0.1)
+    assert cells[3].startswith(("+0.00 [-", "-0.00 [-")) and not cells[3].endswith("*")
+
+
+def test_cli_sets_and_its_errors(tmp_path, capsys):
+    write_val_test_pair(tmp_path)
+    assert main([str(tmp_path), "--paper", "none", "--sets", "test", "--reference", "mask_fisher"]) == 0
+    out = capsys.readouterr().out
+    assert "| Wiki (emb.) | News (emb.) | Geo. mean | Δ% vs LoRA + mask Fisher |" in out
+    assert "### smollm2_135m: paired Δ% per set vs LoRA + mask Fisher" in out and "Wiki val" not in out
+    assert main([str(tmp_path), "--paper", "none", "--sets", "val,wiki"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "loraprune-table: error: --sets: unknown set 'wiki'; the runs have "
+        "wiki_embedded_val, news_embedded_val, wiki_embedded, news_embedded"
+    )
+    write_run(tmp_path / "old", "a", method="loraprune", ratio=0.2, ppl=20.0, zeroshot=None)
+    assert main([str(tmp_path / "old"), "--sets", "val"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.endswith("--sets 'val' selects none of the runs' sets; they have wiki_embedded, news_embedded")
+    # the published block shows the sets of its own that are selected: test here
+    assert main([str(tmp_path / "old"), "--sets", "test"]) == 0
+    assert "| Ratio | Method | WikiText2 | PTB | Geo. mean |" in capsys.readouterr().out
+    # plots: a panel per set shown
+    import matplotlib.image
+
+    widths = []
+    for spec in ("val", "wiki_embedded_val"):
+        assert main([str(tmp_path), "--sets", spec, "--plots", str(tmp_path / spec)]) == 0
+        widths.append(matplotlib.image.imread(tmp_path / spec / "ppl_vs_ratio_smollm2_135m.png").shape[1])
+    assert widths[0] > widths[1]
+
+
+def test_window_losses_are_read_by_the_run_layer_and_bad_files_named(tmp_path, capsys):
+    write_val_test_pair(tmp_path)
+    stages = read_window_losses(tmp_path / "lora")
+    assert set(stages) == {"pruned", "dense"} and stages["pruned"].tokens_per_window == 1
+    wiki = stages["pruned"].sets["wiki_embedded_val"]
+    assert (
+        wiki.window == list(range(10)) and wiki.nll == [pytest.approx(1.1)] * 10 and wiki.windows_total == 20
+    )
+    assert read_window_losses(tmp_path) is None  # no file
+    path = tmp_path / "lora" / "window_losses.json"
+    good = json.loads(path.read_text())
+
+    def broken(change) -> str:
+        data = json.loads(json.dumps(good))
+        change(data)
+        path.write_text(json.dumps(data))
+        with pytest.raises(WindowLossesError) as err:
+            read_window_losses(tmp_path / "lora")
+        return str(err.value)
+
+    assert broken(lambda d: d["stages"]["pruned"]["news_embedded"].pop("nll")) == (
+        f"{path}: set 'news_embedded' lacks window/document/nll/windows_total/documents_total"
+    )
+    assert broken(lambda d: d["stages"]["dense"]["wiki_embedded"]["nll"].pop()) == (
+        f"{path}: set 'wiki_embedded' has window/document/nll of different lengths"
+    )
+    assert broken(lambda d: d.update(format="other/1")) == f"{path} is not a loraprune.window_losses/1 file"
+    assert broken(lambda d: d.pop("tokens_per_window")) == f"{path}: lacks tokens_per_window or stages"
+    path.write_text("{not json")
+    assert main([str(tmp_path), "--paper", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"loraprune-table: error: {path}: Expecting")
 
 
 def test_multi_seed_rows_show_std_and_pair_on_shared_seeds(tmp_path):

@@ -3,7 +3,8 @@
 A number carries its uncertainty where one is known: ``mean ± std`` over the seeds of a multi-seed row;
 a single run's perplexity ``31.85 [31.20, 32.50]`` (its 95% document-bootstrap interval, written out
 because it is not symmetric about the estimate) and its accuracies ``55.00 ± 4.97`` (lm-eval's standard
-error); a Δ cell ``+3.21 [+1.10, +5.40]*`` (percent; ``*``: the interval excludes 0).
+error); a Δ cell ``+3.21 [+1.10, +5.40]*`` (percent; ``*``: the interval excludes 0). A per-set Δ table
+(kind ``deltas``) has such a cell per set and one for the geometric mean.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def fmt_memory(row: Row) -> str:
 def header(table: Table) -> list[str]:
     """The column titles of ``table``."""
     cols = ["Ratio", "Method"] + [PPL_LABELS.get(s, s) for s in table.ppl_sets]
+    if table.kind == "deltas":
+        return cols + ["Geo. mean"]
     if table.has_geo_mean:
         cols.append("Geo. mean")
     if table.reference:
@@ -101,6 +104,9 @@ def header(table: Table) -> list[str]:
 
 def cells(table: Table, row: Row) -> list[str]:
     """The formatted cells of ``row`` under :func:`header`."""
+    if table.kind == "deltas":
+        deltas = [row.set_deltas.get(s) for s in table.ppl_sets] + [row.delta]
+        return [row.ratio_label, row.label] + [fmt_delta(d, row.is_reference) for d in deltas]
     out = [row.ratio_label, row.label] + [
         fmt_ppl_spread(row.ppl.get(s), row.ppl_std.get(s), row.ppl_ci.get(s)) for s in table.ppl_sets
     ]

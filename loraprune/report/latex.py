@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from loraprune.report.cells import DASH, cells, header
-from loraprune.report.layout import Table
+from loraprune.report.layout import Table, expand
 
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}",
@@ -72,6 +72,6 @@ def table_to_latex(table: Table) -> str:
 
 
 def to_latex(tables: Sequence[Table]) -> str:
-    """LaTeX (booktabs): one ``table`` environment per table, a rule between ratio blocks, paper rows in
-    italics, notes in the caption."""
-    return "\n\n".join(table_to_latex(table) for table in tables) + "\n"
+    """LaTeX (booktabs): one ``table`` environment per table (its per-set Δ% companion next), a rule
+    between ratio blocks, paper rows in italics, notes in the caption."""
+    return "\n\n".join(table_to_latex(table) for table in expand(tables)) + "\n"

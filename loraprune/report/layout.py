@@ -6,6 +6,10 @@ removed, peak memory and wall time, with a geometric mean over the perplexity se
 more and, given a reference row, each row's paired Δ% against it (:mod:`loraprune.report.uncertainty`).
 The published numbers are shown next to the runs, labelled ``[paper]``, when the runs are LLaMA-7B, and
 as a separate block otherwise (``paper`` mode).
+
+A sets spec (:func:`select_sets`: names, ``val``, ``test``) keeps some perplexity sets only; the geometric
+mean and the Δ% are then over those. With a reference and two to four sets shown, a table carries a
+companion (``per_set``): each row's paired Δ% on every set alone, rendered right under it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from loraprune.run.results import PPL_LABELS, PPL_ORDER, ordered, task_columns
 
 PAPER_MODES = ("auto", "separate", "none")
 REFERENCE_MODES = PAPER_MODES  # the former name
+SET_GROUPS = ("val", "test")  # every set named *_val, every other set
+PER_SET_MAX = 4  # the most sets shown for which a table gets its per-set Δ% companion
+
+
+class SetsError(ValueError):
+    """A sets spec that names a set the runs lack, or selects none."""
 
 
 @dataclass
@@ -35,6 +45,8 @@ class Table:
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
     reference: str | None = None  # the label of the row the Δ column compares against
+    kind: str = "main"  # main | deltas (the per-set Δ% of a main table's rows)
+    per_set: Table | None = None  # a main table's companion of kind deltas
 
     @property
     def has_zeroshot(self) -> bool:
@@ -45,6 +57,39 @@ class Table:
     def has_geo_mean(self) -> bool:
         """Whether the table has a geometric-mean column (two perplexity sets or more)."""
         return len(self.ppl_sets) > 1
+
+
+def is_validation(name: str) -> bool:
+    """Whether perplexity set ``name`` is a validation set (defaults are chosen on those)."""
+    return name.endswith("_val")
+
+
+def select_sets(spec: str, available: Sequence[str], *, strict: bool = True) -> list[str]:
+    """The sets of ``available`` a sets spec selects, in ``available``'s order.
+
+    Args:
+        spec: a comma list of set names and the groups ``val`` (every set whose name ends in ``_val``) and
+            ``test`` (every other set).
+        available: the sets there are.
+        strict: refuse a name not in ``available`` (else it selects nothing).
+
+    Raises:
+        SetsError: (strict) a name not in ``available``, or a spec that selects none of them.
+    """
+    items = [item.strip() for item in spec.split(",") if item.strip()]
+    unknown = [i for i in items if i not in SET_GROUPS and i not in available]
+    have = ", ".join(available) or "no perplexity set"
+    if strict and (unknown or not items):
+        what = f"unknown set {unknown[0]!r}" if unknown else f"{spec!r} names no set"
+        raise SetsError(f"--sets: {what}; the runs have {have}")
+    chosen = [
+        s
+        for s in available
+        if s in items or ("val" in items and is_validation(s)) or ("test" in items and not is_validation(s))
+    ]
+    if strict and not chosen:
+        raise SetsError(f"--sets {spec!r} selects none of the runs' sets; they have {have}")
+    return chosen
 
 
 def columns_for(rows: Sequence[Row]) -> tuple[list[str], list[str]]:
@@ -108,6 +153,27 @@ def window_notes(rows: Sequence[Row], ppl_sets: Sequence[str]) -> list[str]:
     return notes
 
 
+def per_set_table(table: Table) -> Table | None:
+    """The companion of a table with a Δ column: its compared rows' paired Δ% on each set alone (None when
+    no row was compared)."""
+    rows = [r for r in table.rows if r.delta is not None or r.is_reference]
+    if not any(r.set_deltas for r in rows):
+        return None
+    ref = table.reference
+    note = (
+        f"Each set alone: 100·(ppl/ppl_ref − 1) against {ref} at the same ratio, paired on the same windows "
+        "and seeds as the main table's Δ column, 95% interval; * the interval excludes 0. Geo. mean: the "
+        "main table's Δ%."
+    )
+    title = f"{table.title}: paired Δ% per set vs {ref}"
+    return Table(title, table.model, list(table.ppl_sets), [], rows, [note], ref, kind="deltas")
+
+
+def expand(tables: Sequence[Table]) -> list[Table]:
+    """``tables`` with each one's per-set companion right after it: the order they are rendered in."""
+    return [t for table in tables for t in (table, table.per_set) if t is not None]
+
+
 def delta_notes(reference: str) -> list[str]:
     """The note under a table with a Δ column."""
     return [
@@ -136,9 +202,13 @@ def _with_reference(
     return rows, notes
 
 
-def _reference_table(ref_data: dict[str, Any], ref_rows: list[Row], missing: list[str]) -> Table:
-    """The published rows as a block of their own."""
+def _reference_table(
+    ref_data: dict[str, Any], ref_rows: list[Row], missing: list[str], sets: str | None
+) -> Table:
+    """The published rows as a block of their own (the sets of theirs that ``sets`` selects)."""
     ppl_sets, tasks = columns_for(ref_rows)
+    if sets:
+        ppl_sets = select_sets(sets, ppl_sets, strict=False)
     paper = ref_data["paper"]
     title = f"Published: {paper['title'].split(':')[0]} paper, {ref_data.get('model')} (not these runs)"
     rows = [with_spread(r, ppl_sets) for r in ref_rows]
@@ -146,7 +216,12 @@ def _reference_table(ref_data: dict[str, Any], ref_rows: list[Row], missing: lis
 
 
 def build_tables(
-    rows: Sequence[Row], paper: str = "auto", *, reference: str | None = None, n_boot: int = N_BOOT
+    rows: Sequence[Row],
+    paper: str = "auto",
+    *,
+    reference: str | None = None,
+    sets: str | None = None,
+    n_boot: int = N_BOOT,
 ) -> list[Table]:
     """One table per model; the published rows inline for LLaMA-7B runs, else as their own block.
 
@@ -155,13 +230,18 @@ def build_tables(
         paper: ``auto`` (published rows inline for LLaMA-7B, separate block otherwise), ``separate``
             (always a separate block) or ``none``.
         reference: a row to compare every row against (:func:`loraprune.report.uncertainty.find_references`).
+        sets: the perplexity sets to show (:func:`select_sets`; default all): the geometric mean and the
+            Δ% are over these.
         n_boot: bootstrap replicates of every interval.
 
     Raises:
+        SetsError: ``sets`` names a set no run has, or selects none.
         loraprune.report.uncertainty.UncertaintyError: ``reference`` names no row, or rows cannot be paired.
     """
     if paper not in PAPER_MODES:
         raise ValueError(f"paper must be one of {PAPER_MODES}, got {paper!r}")
+    if sets:
+        select_sets(sets, columns_for([r for r in rows if r.kind != "paper"])[0])
     refs = find_references(rows, reference) if reference else {}
     ref_label = next(iter(refs.values())).label_with(n=False) if refs else None
     ref_data = load_reference() if paper != "none" else None
@@ -175,16 +255,20 @@ def build_tables(
             model_rows, notes = _with_reference(model_rows, notes, ref_data, ref_rows, missing)
             inlined = True
         ppl_sets, tasks = columns_for(model_rows)
+        if sets:
+            ppl_sets = select_sets(sets, ppl_sets, strict=False)
         model_rows = [with_spread(r, ppl_sets, n_boot=n_boot) for r in model_rows]
         notes += window_notes(model_rows, ppl_sets)
-        has_ref = any(block[0] == model for block in refs)
+        has_ref = bool(ppl_sets) and any(block[0] == model for block in refs)
         if has_ref:
-            model_rows = with_deltas(model_rows, refs, ppl_sets, n_boot=n_boot)
+            per_set = 1 < len(ppl_sets) <= PER_SET_MAX
+            model_rows = with_deltas(model_rows, refs, ppl_sets, per_set=per_set, n_boot=n_boot)
             notes += delta_notes(ref_label or "")
         table = Table(model, model, ppl_sets, tasks, model_rows, notes, ref_label if has_ref else None)
+        table.per_set = per_set_table(table) if has_ref else None
         tables.append(table)
     if ref_data and ref_rows and not inlined:
-        tables.append(_reference_table(ref_data, ref_rows, missing))
+        tables.append(_reference_table(ref_data, ref_rows, missing, sets))
     return tables
 
 
@@ -193,7 +277,9 @@ def build_from_dir(
     *,
     paper: str = "auto",
     reference: str | None = None,
+    sets: str | None = None,
     before_recovery: bool = False,
 ) -> list[Table]:
     """:func:`loraprune.report.rows.collect_rows` then :func:`build_tables`."""
-    return build_tables(collect_rows(roots, before_recovery=before_recovery), paper, reference=reference)
+    rows = collect_rows(roots, before_recovery=before_recovery)
+    return build_tables(rows, paper, reference=reference, sets=sets)

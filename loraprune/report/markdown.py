@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from loraprune.report.cells import cells, header
-from loraprune.report.layout import Table
+from loraprune.report.layout import Table, expand
 
 
 def to_markdown(tables: Sequence[Table]) -> str:
-    """GitHub Markdown: one section per table, notes below it."""
+    """GitHub Markdown: one section per table (its per-set Δ% companion next), notes below it."""
     parts = []
-    for table in tables:
+    for table in expand(tables):
         head = header(table)
         lines = [f"### {table.title}", ""]
         lines.append("| " + " | ".join(head) + " |")

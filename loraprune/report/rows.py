@@ -109,6 +109,7 @@ class Row:
     geo_std: float | None = None
     geo_ci: Interval | None = None
     delta: Interval | None = None  # paired Δ% of the geometric mean against the reference row
+    set_deltas: dict[str, Interval] = field(default_factory=dict)  # paired Δ% of each set alone
     is_reference: bool = False
 
     @property

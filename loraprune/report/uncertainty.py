@@ -11,6 +11,7 @@ both in every replicate. Multi-seed rows are paired seed by seed: when the two r
 those seeds are used, each window's NLL averaged over them (so the estimate is the ratio of the
 geometric means over seeds); when they share none, each row's windows are averaged over all its seeds
 (means paired). The interval reflects the sampling of evaluation text only; the seed spread is the ± std.
+The same pairing on one set at a time gives each set's Δ% (``per_set``).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def _seed_runs(row: Row, other: Row) -> list[StageLosses | None]:
 
 def _mean_windows(
     row: Row, runs: list[StageLosses | None], name: str
-) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+) -> tuple[np.ndarray, np.ndarray, Sequence[int]]:
     """Each window's NLL averaged over ``runs``, the documents and the window indices of set ``name``."""
     if any(x is None or name not in x.sets for x in runs):
         raise UncertaintyError(
@@ -177,9 +178,15 @@ def paired_against(row: Row, ref: Row, sets: Sequence[str], *, n_boot: int = N_B
 
 
 def with_deltas(
-    rows: Sequence[Row], refs: dict[tuple, Row], sets: Sequence[str], *, n_boot: int = N_BOOT
+    rows: Sequence[Row],
+    refs: dict[tuple, Row],
+    sets: Sequence[str],
+    *,
+    per_set: bool = False,
+    n_boot: int = N_BOOT,
 ) -> list[Row]:
-    """``rows`` with the paired Δ% against the reference of their block (from :func:`find_references`).
+    """``rows`` with the paired Δ% against the reference of their block (from :func:`find_references`):
+    of the geometric mean over ``sets`` and, with ``per_set``, of each set's perplexity alone.
 
     Raises:
         UncertaintyError: see :func:`paired_against`.
@@ -192,5 +199,7 @@ def with_deltas(
         elif _same_row(row, ref):
             out.append(replace(row, is_reference=True))
         else:
-            out.append(replace(row, delta=paired_against(row, ref, sets, n_boot=n_boot)))
+            delta = paired_against(row, ref, sets, n_boot=n_boot)
+            each = {s: paired_against(row, ref, [s], n_boot=n_boot) for s in sets} if per_set else {}
+            out.append(replace(row, delta=delta, set_deltas=each))
     return out
