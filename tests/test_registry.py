@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
-from test_tables import write_run, write_windowed_run
+from test_tables import write_run, write_val_test_pair, write_windowed_run
 
-from loraprune.report.registry import headline_attrs, render_registry, rewrite_headlines
+from loraprune.report.registry import (
+    RegistryError,
+    headline_attrs,
+    parse_view,
+    render_registry,
+    rewrite_headlines,
+)
 from loraprune.report.registry_cli import main
 
 DOCS = list(range(20))
@@ -186,3 +193,124 @@ def test_headline_attributes_and_errors(tmp_path, capsys):
     assert not out.exists()  # nothing written on error
     assert main(["render", "--registry", str(tmp_path / "absent"), "--out", str(out)]) == 2
     assert "is not a directory (no registry there)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ views
+VIEWS = [{"sets": "val", "title": "validation"}, {"sets": "test", "title": "test (development)"}]
+
+
+def _delta(shift: float) -> str:
+    d = f"{100 * math.expm1(shift):+.2f}"
+    return f"{d} [{d}, {d}]*"
+
+
+def _val_test_table(tmp_path: Path, *views: str) -> Path:
+    """The registry with table 'vt': test_tables' validation/test pair, compared against mask_fisher."""
+    write_val_test_pair(tmp_path / "outputs")
+    registry = tmp_path / "results"
+    args = ["add", str(tmp_path / "outputs" / "fisher"), str(tmp_path / "outputs" / "lora"), "--table", "vt"]
+    args += ["--registry", str(registry), "--reference", "mask_fisher"]
+    assert main(args + [a for v in views for a in ("--view", v)]) == 0
+    return registry
+
+
+def test_parse_view():
+    assert parse_view("val") == {"title": "validation", "sets": "val"}
+    assert parse_view("test") == {"title": "test", "sets": "test"}
+    assert parse_view("test (development)=test") == {"title": "test (development)", "sets": "test"}
+    assert parse_view(" wiki = wiki_embedded,wiki_embedded_val ") == {
+        "title": "wiki",
+        "sets": "wiki_embedded,wiki_embedded_val",
+    }
+    assert parse_view("=val") == {"title": "validation", "sets": "val"}
+    with pytest.raises(RegistryError, match="expected \\[TITLE=\\]SETS"):
+        parse_view("title=")
+
+
+def test_add_records_views_checked_against_the_runs_sets(tmp_path, capsys):
+    registry = _val_test_table(tmp_path, "val", "test (development)=test")
+    options = json.loads((registry / "vt" / "table.json").read_text())
+    assert options == {"reference": "mask_fisher", "views": VIEWS}
+    # options of an existing table, without runs: views replaced, the rest kept
+    assert main(["add", "--table", "vt", "--registry", str(registry), "--view", "news=news_embedded"]) == 0
+    options = json.loads((registry / "vt" / "table.json").read_text())
+    assert options == {"reference": "mask_fisher", "views": [{"title": "news", "sets": "news_embedded"}]}
+    capsys.readouterr()
+    # a set no run has: one error line, nothing copied
+    other = write_windowed_run(tmp_path / "more", "x", method="wanda_sp", sets=BASE, zeroshot=None)
+    assert main(["add", str(other), "--table", "vt", "--registry", str(registry), "--view", "tech_val"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "loraprune-results: error: vt: view 'tech_val': --sets: unknown set 'tech_val'; the runs have "
+        "wiki_embedded_val, news_embedded_val, wiki_embedded, news_embedded"
+    )
+    assert not (registry / "vt" / "x").exists()
+    assert main(["add", "--table", "vt", "--registry", str(registry)]) == 2
+    assert capsys.readouterr().err.strip().endswith("nothing to add: give run directories or a table option")
+    assert main(["add", "--table", "new", "--registry", str(registry), "--view", "val"]) == 2
+    assert "does not exist; give run directories to create it" in capsys.readouterr().err
+
+
+def test_render_gives_one_subsection_per_view_and_is_idempotent(tmp_path, capsys):
+    registry = _val_test_table(tmp_path, "val", "test (development)=test")
+    out = tmp_path / "tables.md"
+    args = ["render", "--registry", str(registry), "--out", str(out), "--readme", str(tmp_path / "none.md")]
+    assert main(args) == 0
+    text = out.read_text()
+    common, val = text.split("\n### validation\n")
+    val, test = val.split("\n### test (development)\n")
+    assert "- Sets: Wiki val, News val, Wiki (emb.), News (emb.).\n" in common and "- Table:" not in common
+    table = f"loraprune-table {registry.as_posix()}/vt --paper none"
+    assert val.startswith(
+        f'\n- Sets: Wiki val, News val.\n- Table: `{table} --sets val --reference "mask_fisher"`\n\n'
+        "#### smollm2_135m\n\n| Ratio | Method | Wiki val | News val | Geo. mean | Δ% vs LoRA + mask Fisher |"
+    )
+    assert test.startswith(f"\n- Sets: Wiki (emb.), News (emb.).\n- Table: `{table} --sets test --reference")
+    # each view's Δ over its own sets (LoRAPrune 0.1, 0.3 nat/token worse on validation, 0.2, 0.4 on test)
+    lora = [line for line in val.splitlines() if line.startswith("| 20% | LoRAPrune |")]
+    assert lora[0].split(" | ")[5] == _delta(0.2)
+    assert lora[1] == f"| 20% | LoRAPrune | {_delta(0.1)} | {_delta(0.3)} | {_delta(0.2)} |"  # per set
+    assert "#### smollm2_135m: paired Δ% per set vs LoRA + mask Fisher" in val
+    lora = [line for line in test.splitlines() if line.startswith("| 20% | LoRAPrune |")]
+    assert lora[0].split(" | ")[5] == _delta(0.3)
+    assert lora[1] == f"| 20% | LoRAPrune | {_delta(0.2)} | {_delta(0.4)} | {_delta(0.3)} |"
+    assert "Wiki val" not in test and "Wiki (emb.)" not in val
+    capsys.readouterr()
+    assert main(args) == 0 and out.read_text() == text
+    assert capsys.readouterr().err.strip() == f"unchanged {out}"
+    # a malformed view
+    (registry / "vt" / "table.json").write_text(json.dumps({"views": [{"title": "x"}]}))
+    assert main(args) == 2
+    assert (
+        capsys.readouterr().err.strip().endswith('table.json: views[0] must be {"title": ..., "sets": ...}')
+    )
+
+
+def test_a_headline_block_may_name_a_view(tmp_path, capsys):
+    registry = _val_test_table(tmp_path, "val", "test (development)=test")
+    readme = tmp_path / "README.md"
+    blocks = [
+        '<!-- results:headline:start table=vt view=test reference="LoRA + mask Fisher@20%" -->',
+        "<!-- results:headline:start table=vt view=validation -->",
+        "<!-- results:headline:start table=vt sets=news_embedded_val,news_embedded -->",
+    ]
+    readme.write_text("".join(f"{b}\nold\n<!-- results:headline:end -->\n\n" for b in blocks))
+    args = ["render", "--registry", str(registry), "--out", str(tmp_path / "t.md"), "--readme", str(readme)]
+    assert main(args) == 0
+    text = readme.read_text()
+    by_sets, by_title, by_list = (text.split(b)[1].split("<!-- results:headline:end -->")[0] for b in blocks)
+    assert by_sets.startswith(
+        "\n#### smollm2_135m\n\n| Ratio | Method | Wiki (emb.) | News (emb.) | Geo. mean |"
+    )
+    assert "| Ratio | Method | Wiki val | News val | Geo. mean |" in by_title
+    assert "| Ratio | Method | News val | News (emb.) | Geo. mean |" in by_list
+    for body, shift in ((by_sets, 0.3), (by_title, 0.2), (by_list, 0.35)):
+        line = next(x for x in body.splitlines() if x.startswith("| 20% | LoRAPrune |"))
+        assert line.split(" | ")[5] == _delta(shift)
+    assert main(args) == 0 and readme.read_text() == text  # idempotent
+    readme.write_text("<!-- results:headline:start table=vt view=dev -->\n<!-- results:headline:end -->\n")
+    capsys.readouterr()
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        "loraprune-results: error: table 'vt' has no view 'dev'; its views: 'validation' (val), "
+        "'test (development)' (test)"
+    )

@@ -3,13 +3,16 @@
 Layout: ``<registry>/<table>/<run>/`` holds a run's ``metrics.json``, ``config.yaml`` (when it had one),
 ``window_losses.json`` and ``command.txt`` (the command that made it), never weights;
 ``<registry>/<table>/table.json`` may hold the table's options (``reference``: the row the Δ column
-compares against, ``paper``: ``auto|separate|none``, default ``none``).
+compares against, ``paper``: ``auto|separate|none``, default ``none``; ``sets``: a ``--sets`` spec;
+``views``: ``[{"title": "validation", "sets": "val"}, {"title": "test", "sets": "test"}]``, the table shown
+once per entry, on those sets).
 
 :func:`render_registry` writes one section per table folder, each opened by a header (protocol, windows,
-sets, seeds, commits, the commands that regenerate it) and built with the ``loraprune-table`` code.
+sets, seeds, commits, the commands that regenerate it) and built with the ``loraprune-table`` code; a table
+with views gets one subsection per view, each with its own ``loraprune-table ... --sets ...`` command.
 :func:`rewrite_headlines` fills README blocks between ``<!-- results:headline:start table=NAME
-[reference="ROW"] -->`` and ``<!-- results:headline:end -->`` with that table. Both are deterministic:
-rendering twice changes nothing.
+[view=VIEW] [sets=SPEC] [reference="ROW"] -->`` and ``<!-- results:headline:end -->`` with that table (a
+view named by its title or its sets spec). Both are deterministic: rendering twice changes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from loraprune.report.layout import PAPER_MODES, build_tables
+from loraprune.report.layout import PAPER_MODES, build_tables, select_sets
 from loraprune.report.markdown import to_markdown
 from loraprune.report.rows import collect_rows, load_metrics
 from loraprune.report.windows import WINDOW_LOSSES
@@ -41,6 +44,7 @@ HEADLINE = re.compile(
 )
 _ATTR = re.compile(r'(\w+)=(?:"([^"]*)"|(\S+))')
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+VIEW_TITLES = {"val": "validation", "test": "test"}  # a view's title when ``--view`` gives none
 
 
 class RegistryError(Exception):
@@ -88,26 +92,39 @@ def add_runs(
     *,
     reference: str | None = None,
     paper: str | None = None,
+    views: Sequence[str] | None = None,
 ) -> list[Path]:
     """Copy runs into ``<registry>/<table>/<run dir name>/``; all of them or, on any error, none.
 
     Args:
-        run_dirs: finished run directories (each with ``metrics.json`` and ``window_losses.json``).
+        run_dirs: finished run directories (each with ``metrics.json`` and ``window_losses.json``); none
+            to record options of an existing table only.
         table: the table folder.
         registry: the registry's root.
         reference, paper: table options to record in ``table.json`` (left as they are when None).
+        views: ``[TITLE=]SETS`` (:func:`parse_view`), replacing the table's views (left when None).
 
     Returns:
         The new run folders.
 
     Raises:
-        RegistryError: a run dir lacks a required file, two runs share a name, or a name is taken.
+        RegistryError: a run dir lacks a required file, two runs share a name, or a name is taken; no run
+            and no option, or no run for a table that does not exist; a view names a set no run has.
     """
     _check_table_name(table)
     if paper is not None and paper not in PAPER_MODES:
         raise RegistryError(f"paper must be one of {PAPER_MODES}, got {paper!r}")
     dest = Path(registry) / table
+    if not run_dirs and (reference, paper, views) == (None, None, None):
+        raise RegistryError("nothing to add: give run directories or a table option")
+    if not run_dirs and not dest.is_dir():
+        raise RegistryError(f"{dest} does not exist; give run directories to create it")
     runs = [(Path(d), _check_run(Path(d))) for d in run_dirs]
+    parsed = [parse_view(v) for v in views] if views is not None else None
+    if parsed:
+        sets = sets_of([m for _, m in runs] + ([m for _, m in load_metrics(dest)] if dest.is_dir() else []))
+        for view in parsed:
+            _view_sets(view, sets, table)
     names = [d.resolve().name for d, _ in runs]
     for name in names:
         if names.count(name) > 1:
@@ -132,11 +149,64 @@ def add_runs(
             added.append(dest / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if reference is not None or paper is not None:
+    if reference is not None or paper is not None or parsed is not None:
         options = table_options(dest)
-        options.update({k: v for k, v in (("reference", reference), ("paper", paper)) if v is not None})
+        given = (("reference", reference), ("paper", paper), ("views", parsed))
+        options.update({k: v for k, v in given if v is not None})
         (dest / OPTIONS).write_text(json.dumps(options, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return added
+
+
+# ---------------------------------------------------------------------------------------------- views
+def parse_view(text: str) -> dict[str, str]:
+    """``[TITLE=]SETS`` into a view: ``val`` → validation on ``val``, ``test (dev)=test``, ``a=x,y``.
+
+    Raises:
+        RegistryError: no sets or no title.
+    """
+    title, _, sets = text.rpartition("=")
+    sets = sets.strip()
+    title = title.strip() or VIEW_TITLES.get(sets, sets)
+    if not sets or not title:
+        raise RegistryError(f"--view {text!r}: expected [TITLE=]SETS, e.g. val or 'test (development)=test'")
+    return {"title": title, "sets": sets}
+
+
+def table_views(table_dir: Path, options: dict[str, Any]) -> list[dict[str, str]]:
+    """The views of a table (``options["views"]``), checked: each an object with a title and sets."""
+    views = options.get("views", [])
+    if not isinstance(views, list):
+        raise RegistryError(f"{table_dir / OPTIONS}: views must be a list")
+    for i, view in enumerate(views):
+        ok = isinstance(view, dict) and all(
+            isinstance(view.get(k), str) and view[k] for k in ("title", "sets")
+        )
+        if not ok:
+            raise RegistryError(f'{table_dir / OPTIONS}: views[{i}] must be {{"title": ..., "sets": ...}}')
+    return views
+
+
+def find_view(table_dir: Path, options: dict[str, Any], name: str) -> dict[str, str]:
+    """The view of a table whose title, else whose sets spec, is ``name``."""
+    views = table_views(table_dir, options)
+    for key in ("title", "sets"):
+        if found := next((v for v in views if v[key] == name), None):
+            return found
+    have = ", ".join(f"{v['title']!r} ({v['sets']})" for v in views) or "none"
+    raise RegistryError(f"table {table_dir.name!r} has no view {name!r}; its views: {have}")
+
+
+def sets_of(metrics: Sequence[dict[str, Any]]) -> list[str]:
+    """The perplexity sets of some runs' pruned models, in the tables' order."""
+    return ordered((s for m in metrics for s in (m.get("pruned") or {}).get("ppl", {})), PPL_ORDER)
+
+
+def _view_sets(view: dict[str, str], sets: Sequence[str], table: str) -> list[str]:
+    """The sets a view selects of ``sets``."""
+    try:
+        return select_sets(view["sets"], sets)
+    except ValueError as err:
+        raise RegistryError(f"{table}: view {view['title']!r}: {err}") from err
 
 
 # ----------------------------------------------------------------------------------------- rendering
@@ -177,12 +247,27 @@ def _windows_text(metrics: list[dict[str, Any]]) -> str:
     )
 
 
-def table_header(table_dir: Path, registry: str | Path, options: dict[str, Any]) -> list[str]:
-    """The lines that open a table's section: where its numbers come from and how to make them again."""
+def table_command(table_dir: Path, registry: str | Path, options: dict[str, Any]) -> str:
+    """The ``loraprune-table`` command that makes a table (``options``: paper, sets, reference)."""
+    command = (
+        f"loraprune-table {Path(registry).as_posix()}/{table_dir.name} --paper {options.get('paper', 'none')}"
+    )
+    if options.get("sets"):
+        command += f" --sets {options['sets']}"
+    if options.get("reference"):
+        command += f" --reference {json.dumps(str(options['reference']))}"
+    return command
+
+
+def table_header(
+    table_dir: Path, registry: str | Path, options: dict[str, Any], *, command: bool = True
+) -> list[str]:
+    """The lines that open a table's section: where its numbers come from and how to make them again
+    (the ``loraprune-table`` command unless ``command`` is false: a table with views gives it per view)."""
     found = load_metrics(table_dir)
     metrics = [m for _, m in found]
     seq_lens = sorted({str((m.get("eval") or {}).get("seq_len")) for m in metrics})
-    sets = ordered((s for m in metrics for s in (m.get("pruned") or {}).get("ppl", {})), PPL_ORDER)
+    sets = sets_of(metrics)
     seeds = sorted({str(m["run"].get("seed")) for m in metrics if m["run"].get("seed") is not None})
     commits = sorted(
         {
@@ -191,22 +276,18 @@ def table_header(table_dir: Path, registry: str | Path, options: dict[str, Any])
             if (p := m.get("provenance") or {}).get("commit")
         }
     )
-    command = (
-        f"loraprune-table {Path(registry).as_posix()}/{table_dir.name} --paper {options.get('paper', 'none')}"
-    )
-    if options.get("reference"):
-        command += f" --reference {json.dumps(str(options['reference']))}"
     lines = [
         f"- Runs: {len(metrics)}; perplexity windows of {', '.join(seq_lens)} tokens.",
-        f"- Sets: {', '.join(PPL_LABELS.get(s, s) for s in sets) or 'none'}.",
+        f"- Sets: {_labels(sets)}.",
     ]
     if windows := _windows_text(metrics):
         lines.append(f"- Windows: {windows}.")
     lines += [
         f"- Seeds: {', '.join(seeds) or 'not recorded'}.",
         f"- Commits: {', '.join(commits) or 'not recorded'}.",
-        f"- Table: `{command}`",
     ]
+    if command:
+        lines.append(f"- Table: `{table_command(table_dir, registry, options)}`")
     commands = sorted(
         {
             (p.parent / COMMAND).read_text(encoding="utf-8").strip()
@@ -219,13 +300,30 @@ def table_header(table_dir: Path, registry: str | Path, options: dict[str, Any])
     return lines
 
 
+def _labels(sets: Sequence[str]) -> str:
+    return ", ".join(PPL_LABELS.get(s, s) for s in sets) or "none"
+
+
+def view_header(
+    table_dir: Path, registry: str | Path, options: dict[str, Any], view: dict[str, str]
+) -> list[str]:
+    """The lines that open a view's subsection: the sets it shows, the command that makes it."""
+    sets = _view_sets(view, sets_of([m for _, m in load_metrics(table_dir)]), table_dir.name)
+    return [
+        f"- Sets: {_labels(sets)}.",
+        f"- Table: `{table_command(table_dir, registry, {**options, 'sets': view['sets']})}`",
+    ]
+
+
 def _tables_markdown(table_dir: Path, options: dict[str, Any], *, demote: int = 0) -> str:
     """The tables of one table folder as Markdown (headings ``demote`` levels deeper)."""
     rows = collect_rows(table_dir)
     if not rows:
         raise RegistryError(f"{table_dir} holds no run")
     try:
-        tables = build_tables(rows, options.get("paper", "none"), reference=options.get("reference"))
+        tables = build_tables(
+            rows, options.get("paper", "none"), reference=options.get("reference"), sets=options.get("sets")
+        )
     except ValueError as err:
         raise RegistryError(f"{table_dir.name}: {err}") from err
     text = to_markdown(tables)
@@ -249,13 +347,20 @@ def render_registry(registry: str | Path = REGISTRY) -> str:
     ]
     for table_dir in dirs:
         options = table_options(table_dir)
-        parts += ["", f"## {table_dir.name}", "", *table_header(table_dir, registry, options), ""]
-        parts.append(_tables_markdown(table_dir, options, demote=0).rstrip("\n"))
+        views = table_views(table_dir, options)
+        header = table_header(table_dir, registry, options, command=not views)
+        parts += ["", f"## {table_dir.name}", "", *header]
+        if not views:
+            parts += ["", _tables_markdown(table_dir, options).rstrip("\n")]
+        for view in views:
+            parts += ["", f"### {view['title']}", "", *view_header(table_dir, registry, options, view), ""]
+            view_options = {**options, "sets": view["sets"]}
+            parts.append(_tables_markdown(table_dir, view_options, demote=1).rstrip("\n"))
     return "\n".join(parts) + "\n"
 
 
 def headline_attrs(attrs: str) -> dict[str, str]:
-    """``table=NAME reference="ROW"`` into a dict."""
+    """``table=NAME view=test reference="ROW"`` into a dict."""
     return {m.group(1): m.group(2) if m.group(2) is not None else m.group(3) for m in _ATTR.finditer(attrs)}
 
 
@@ -263,7 +368,7 @@ def rewrite_headlines(text: str, registry: str | Path = REGISTRY) -> str:
     """``text`` with every headline block filled from the registry (unchanged when it has none).
 
     Raises:
-        RegistryError: a block names no table, or a table the registry lacks.
+        RegistryError: a block names no table, a table the registry lacks, or a view the table lacks.
     """
 
     def fill(match: re.Match) -> str:
@@ -274,7 +379,10 @@ def rewrite_headlines(text: str, registry: str | Path = REGISTRY) -> str:
         table_dir = Path(registry) / name
         if not table_dir.is_dir():
             raise RegistryError(f"headline block names table {name!r}, which {registry} lacks")
-        options = {**table_options(table_dir), **{k: v for k, v in attrs.items() if k != "table"}}
+        options = table_options(table_dir)
+        if "view" in attrs:
+            options["sets"] = find_view(table_dir, options, attrs["view"])["sets"]
+        options.update({k: v for k, v in attrs.items() if k not in ("table", "view")})
         body = _tables_markdown(table_dir, options, demote=1).rstrip("\n")
         return f"{match.group(1)}\n{body}\n{match.group(4)}"
 

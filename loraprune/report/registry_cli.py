@@ -1,7 +1,8 @@
 """The ``loraprune-results`` command: register finished runs, render the documented tables from them.
 
-``loraprune-results add RUN_DIR [RUN_DIR ...] --table NAME [--registry results] [--reference ROW]
-[--paper MODE]`` copies each run's records into ``results/NAME/<run>/``;
+``loraprune-results add [RUN_DIR ...] --table NAME [--registry results] [--reference ROW] [--paper MODE]
+[--view [TITLE=]SETS ...]`` copies each run's records into ``results/NAME/<run>/`` and records the options
+given in ``results/NAME/table.json`` (no RUN_DIR: only the options, of an existing table);
 ``loraprune-results render [--registry results] [--out docs/results_tables.md] [--readme README.md]``
 writes every table and fills the README's headline blocks. Bad input ends with one
 ``loraprune-results: error: ...`` line and exit status 2.
@@ -32,13 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
         "add",
         help="copy finished runs (metrics.json, config.yaml, window_losses.json, command.txt) into a table",
     )
-    add.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="finished run directories")
+    add.add_argument(
+        "run_dirs",
+        type=Path,
+        nargs="*",
+        metavar="RUN_DIR",
+        help="finished run directories (none: record the options given, of an existing table)",
+    )
     add.add_argument("--table", required=True, help="the table folder: results/<TABLE>/")
     add.add_argument("--registry", type=Path, default=REGISTRY, help="the registry's root (default: results)")
     add.add_argument(
         "--reference", metavar="ROW", help="record the row the table's Δ column compares against"
     )
     add.add_argument("--paper", choices=PAPER_MODES, help="record whether the table shows the published rows")
+    add.add_argument(
+        "--view",
+        dest="views",
+        action="append",
+        metavar="[TITLE=]SETS",
+        help="render the table once per --view, on the sets of a loraprune-table --sets spec (val, test, or "
+        "a comma list of names), under TITLE (default: 'validation' for val, 'test' for test, else SETS); "
+        "the views given replace the table's, e.g. --view val --view 'test (development)=test'",
+    )
     render = sub.add_parser("render", help="write every table, and fill README headline blocks")
     render.add_argument(
         "--registry", type=Path, default=REGISTRY, help="the registry's root (default: results)"
@@ -48,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--readme",
         type=Path,
         default=README,
-        help='rewrite the blocks between <!-- results:headline:start table=NAME [reference="ROW"] --> and '
-        "<!-- results:headline:end --> in this file (default: README.md; skipped when absent)",
+        help="rewrite the blocks between <!-- results:headline:start table=NAME [view=VIEW] [sets=SPEC] "
+        '[reference="ROW"] --> and <!-- results:headline:end --> in this file (VIEW: a view\'s title or '
+        "sets; default: README.md; skipped when absent)",
     )
     return parser
 
@@ -74,7 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.action == "add":
             for path in add_runs(
-                args.run_dirs, args.table, args.registry, reference=args.reference, paper=args.paper
+                args.run_dirs,
+                args.table,
+                args.registry,
+                reference=args.reference,
+                paper=args.paper,
+                views=args.views,
             ):
                 print(f"added {path}", file=sys.stderr)
             return 0
