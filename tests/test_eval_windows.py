@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose
 
 from loraprune import data
 from loraprune.data.domain_corpora import clean_play_line, play_scenes
@@ -24,6 +25,8 @@ from loraprune.evaluation.ppl import (
 )
 from loraprune.run.evaluate import EvalRecord, read_window_losses
 from loraprune.run.models import TinySpec, load_model
+from loraprune.run.pipeline import to_config
+from loraprune.run.resolve import ConfigError, validate
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +152,20 @@ def test_domain_sets_are_split_and_disjoint():
 def test_domain_sets_are_evaluation_only():
     with pytest.raises(ValueError, match="evaluation text, not fine-tune data"):
         data.validate_finetune_source("drama_embedded")
+
+
+def test_mixed_fine_tune_text_alternates_domains_in_equal_measure():
+    from loraprune.data.readers import mixed_docs
+
+    wiki = ["= A =\n\nfirst para of A\n\nsecond para of A", "= B =\n\nb text"]
+    out = mixed_docs(wiki, ["news one is long enough", "n2"])
+    assert out == ["news one is long enough", "= A =\n\nfirst para of A\n\nsecond para of A", "n2", "= B ="]
+    assert data.finetune_corpora("mixed_embedded") == ("wiki_embedded", "news_embedded")
+    assert data.finetune_corpora("lamini") == ()
+
+
+def test_mixed_fine_tune_holds_both_validation_halves_out():
+    cfg = to_config(compose("data=mixed_embedded", "data.holdout_val=false", "eval=embedded_val"))
+    with pytest.raises(ConfigError, match="fine-tune data unless held out"):
+        validate(cfg)
+    validate(to_config(compose("data=mixed_embedded", "eval=embedded_val")))

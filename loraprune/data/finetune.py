@@ -18,7 +18,7 @@ from loraprune.data.hub import INSTRUCTION_HUB_SOURCES
 from loraprune.data.mirror import MirrorPath
 from loraprune.data.prompts import PROMPT_TEMPLATES
 from loraprune.data.readers import column, embedded_docs, load_hub_split, load_records, read_text_file
-from loraprune.data.sources import EMBEDDED_SOURCES, EMBEDDED_VALIDATION, validate_finetune_source
+from loraprune.data.sources import EMBEDDED_SOURCES, finetune_corpora, validate_finetune_source
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ class FinetuneDataSpec:
 def validate_finetune_spec(spec: FinetuneDataSpec, *, mirror: MirrorPath = None) -> None:
     """Cheap checks of ``spec`` (:func:`~loraprune.data.sources.validate_finetune_source`); loads nothing."""
     validate_finetune_source(spec.name, kind=spec.kind, mirror=mirror)
-    if spec.holdout_val and spec.name not in EMBEDDED_VALIDATION.values():
+    if spec.holdout_val and not finetune_corpora(spec.name):
         raise ValueError(
-            f"data.holdout_val: {spec.name!r} has no validation split (only wiki_embedded, news_embedded)"
+            f"data.holdout_val: {spec.name!r} has no validation split (only the embedded corpora)"
         )
 
 

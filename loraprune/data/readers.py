@@ -5,6 +5,7 @@ Every hub read goes through ``datasets.load_dataset`` (looked up at call time, s
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,9 @@ def embedded_docs(name: str, side: str, holdout_val: bool = False) -> list[str]:
     ``holdout_val``: the fine-tune side without the validation documents."""
     if side not in ("test", "finetune", "validation"):
         raise ValueError(f"split of {name!r} must be 'test', 'finetune' or 'validation', got {side!r}")
+    if name == "mixed_embedded":
+        wiki = embedded_docs("wiki_embedded", side, holdout_val)
+        return mixed_docs(wiki, embedded_docs("news_embedded", side, holdout_val))
     if name != "wiki_embedded":
         if side == "test":
             return embedded_news_split()[1]
@@ -110,6 +114,18 @@ def embedded_docs(name: str, side: str, holdout_val: bool = False) -> list[str]:
         return [a.text for a in (test if side == "test" else finetune)]
     rest, validation = embedded_wiki_validation_split()
     return [a.text for a in (validation if side == "validation" else rest)]
+
+
+def mixed_docs(wiki: list[str], news: list[str]) -> list[str]:
+    """``mixed_embedded``: every news document, each followed by the opening of the next Wikipedia article
+    (its leading blocks, as long as that news document), so each domain gives about half the text."""
+    out: list[str] = []
+    for doc, article in zip(news, itertools.cycle(wiki or [""])):
+        blocks, excerpt = article.split("\n\n"), []
+        while blocks and sum(map(len, excerpt)) < len(doc):
+            excerpt.append(blocks.pop(0))
+        out += [doc] + (["\n\n".join(excerpt)] if excerpt else [])
+    return out
 
 
 def file_texts(path: Path, field: str) -> list[str]:

@@ -6,7 +6,8 @@ A source is one of:
   ``alpaca`` for instruction fine-tuning; read from the hub, or from a local mirror
   (:mod:`loraprune.data.mirror`, ``$LORAPRUNE_HUB_MIRROR``);
 * an offline stand-in built from text shipped in ``gensim`` (:mod:`loraprune.data.embedded_corpora`):
-  ``wiki_embedded`` and ``news_embedded``, usable for both purposes (disjoint fine-tune and test sides),
+  ``wiki_embedded`` and ``news_embedded`` (and ``mixed_embedded``, both alternating by document), usable
+  for both purposes (disjoint fine-tune and test sides),
   and ``wiki_embedded_val`` for evaluation only (validation articles; fine-tune with
   ``data.holdout_val=true`` to hold them out);
 * ``drama_embedded`` / ``tech_embedded`` (and ``*_val``): text of other domains shipped by packages
@@ -26,7 +27,9 @@ from loraprune.data.errors import SourceFileNotFoundError, first_line
 from loraprune.data.hub import EVAL_HUB_SOURCES, INSTRUCTION_HUB_SOURCES
 from loraprune.data.mirror import MirrorPath, check_mirror, mirror_root
 
-EMBEDDED_SOURCES = ("wiki_embedded", "news_embedded")
+EMBEDDED_SOURCES = ("wiki_embedded", "news_embedded", "mixed_embedded")
+MIXED_PARTS = ("wiki_embedded", "news_embedded")
+"""``mixed_embedded``: the documents of both corpora, alternating (each side of the split)."""
 EMBEDDED_VALIDATION = {"wiki_embedded_val": "wiki_embedded", "news_embedded_val": "news_embedded"}
 """Evaluation-only names: the validation documents held out of an embedded corpus's fine-tune side."""
 DOMAIN_SOURCES = {
@@ -37,6 +40,13 @@ DOMAIN_SOURCES = {
 }
 """Evaluation-only sets of other domains (:mod:`loraprune.data.domain_corpora`): ``(set, side)``."""
 EVAL_ONLY_SOURCES = (*EMBEDDED_VALIDATION, *DOMAIN_SOURCES)
+
+
+def finetune_corpora(name: str) -> tuple[str, ...]:
+    """The embedded corpora whose fine-tune side ``name`` fine-tunes on (none for other sources)."""
+    if name == "mixed_embedded":
+        return MIXED_PARTS
+    return (name,) if name in EMBEDDED_SOURCES else ()
 FILE_EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
 KINDS = ("auto", "text", "instruction")
 HEAD_BYTES = 1 << 16

@@ -290,7 +290,8 @@ def _validate_sources(cfg: LoraPruneConfig) -> None:
     inside = [
         n
         for n in cfg.eval.ppl_sets
-        if data.EMBEDDED_VALIDATION.get(n) == cfg.data.name and not cfg.data.holdout_val
+        if not cfg.data.holdout_val
+        and data.EMBEDDED_VALIDATION.get(n) in data.finetune_corpora(cfg.data.name)
     ]
     _check(
         not inside,
@@ -298,8 +299,8 @@ def _validate_sources(cfg: LoraPruneConfig) -> None:
         "set data.holdout_val=true",
     )
     _check(
-        not cfg.data.holdout_val or cfg.data.name in data.EMBEDDED_VALIDATION.values(),
-        f"data.holdout_val: {cfg.data.name!r} has no validation split (only wiki_embedded, news_embedded)",
+        not cfg.data.holdout_val or data.finetune_corpora(cfg.data.name),
+        f"data.holdout_val: {cfg.data.name!r} has no validation split (only the embedded corpora)",
     )
 
 
