@@ -172,6 +172,10 @@ def test_render_fills_the_readme_headline_block(tmp_path):
     assert main(args) == 0
     assert readme.read_text() == text  # idempotent
     assert rewrite_headlines("no markers\n", registry) == "no markers\n"
+    other = tmp_path / "results.md"  # several files at once, each block filled the same way
+    other.write_text(f"# Results\n\n{start}\n<!-- results:headline:end -->\n")
+    assert main([*args, str(other)]) == 0
+    assert "+5.13 [+5.13, +5.13]*" in other.read_text() and readme.read_text() == text
 
 
 def test_headline_attributes_and_errors(tmp_path, capsys):

@@ -3,8 +3,8 @@
 ``loraprune-results add [RUN_DIR ...] --table NAME [--registry results] [--reference ROW] [--paper MODE]
 [--view [TITLE=]SETS ...]`` copies each run's records into ``results/NAME/<run>/`` and records the options
 given in ``results/NAME/table.json`` (no RUN_DIR: only the options, of an existing table);
-``loraprune-results render [--registry results] [--out docs/results_tables.md] [--readme README.md]``
-writes every table and fills the README's headline blocks. Bad input ends with one
+``loraprune-results render [--registry results] [--out docs/results_tables.md] [--readme FILE ...]``
+writes every table and fills the headline blocks of README.md and docs/results.md. Bad input ends with one
 ``loraprune-results: error: ...`` line and exit status 2.
 """
 
@@ -20,7 +20,7 @@ from loraprune.report.registry import REGISTRY, RegistryError, add_runs, render_
 
 PROG = "loraprune-results"
 OUT = Path("docs/results_tables.md")
-README = Path("README.md")
+READMES = (Path("README.md"), Path("docs/results.md"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,10 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument(
         "--readme",
         type=Path,
-        default=README,
+        nargs="+",
+        default=list(READMES),
         help="rewrite the blocks between <!-- results:headline:start table=NAME [view=VIEW] [sets=SPEC] "
         '[reference="ROW"] --> and <!-- results:headline:end --> in this file (VIEW: a view\'s title or '
-        "sets; default: README.md; skipped when absent)",
+        "sets; default: README.md and docs/results.md; a file that is absent is skipped)",
     )
     return parser
 
@@ -101,14 +102,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"added {path}", file=sys.stderr)
             return 0
         document = render_registry(args.registry)
-        readme = args.readme.read_text(encoding="utf-8") if args.readme.is_file() else None
-        filled = rewrite_headlines(readme, args.registry) if readme is not None else None
+        filled = {
+            path: rewrite_headlines(path.read_text(encoding="utf-8"), args.registry)
+            for path in args.readme
+            if path.is_file()
+        }
     except RegistryError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     _update(args.out, document)
-    if filled is not None:
-        _update(args.readme, filled)
+    for path, text in filled.items():
+        _update(path, text)
     return 0
 
 
