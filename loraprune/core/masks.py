@@ -69,10 +69,12 @@ def select_budget(
     cost: dict[str, int],
     budget: int,
     removed: dict[tuple[int, str], torch.Tensor],
+    per_parameter: bool = True,
 ) -> dict[tuple[int, str], torch.Tensor]:
     """Selection across layers and kinds under a parameter budget (a greedy knapsack).
 
-    Units are taken in order of score per parameter (``cost[kind]`` parameters per unit of that kind) until
+    Units are taken in order of score per parameter (``cost[kind]`` parameters per unit of that kind; of
+    score alone when not ``per_parameter``, for scores on a scale of their own such as FLAP's) until
     the removed units hold ``budget`` parameters; a unit that would overshoot is skipped for cheaper ones,
     so the result stays within the budget by less than the cheapest unit. The already ``removed`` units
     count toward the budget and stay removed; no (layer, kind) loses its last unit.
@@ -80,7 +82,7 @@ def select_budget(
     out = {k: v.clone() for k, v in removed.items()}
     need = budget - sum(int(v.sum()) * cost[kind] for (_, kind), v in out.items())
     cands = [
-        (float(s[i]) / cost[key[1]], key, i)
+        (float(s[i]) / (cost[key[1]] if per_parameter else 1), key, i)
         for key, s in scores.items()
         for i in range(s.numel())
         if not out[key][i]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from loraprune.core import nm
+from loraprune.core.compensation import add_compensation_biases
 from loraprune.core.importance import MovingAverage
 from loraprune.core.lora import set_module_weight_grads
 from loraprune.core.plan import PruningPlan
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 
 # where units are cut: ``local`` the same count in every prunable layer (the paper); ``global`` the lowest
 # scores over all layers, per kind (the same count per kind); ``budget`` the lowest score per parameter
-# over all layers and kinds, removing the parameters of the same group ratio (attention vs MLP by score)
-SELECTIONS = ("local", "global", "budget")
+# over all layers and kinds, removing the parameters of the same group ratio (attention vs MLP by score);
+# ``adaptive`` the same budget, by score alone (FLAP's adaptive structure, for scores standardised per module)
+SELECTIONS = ("local", "global", "budget", "adaptive")
 
 
 @dataclass
@@ -74,18 +76,23 @@ class PrunerSettings:
 
 @dataclass
 class PruneResult:
-    """What a finished pruner leaves: the kept groups (all of them for N:M) and the N:M keep masks."""
+    """What a finished pruner leaves: the kept groups (all of them for N:M), the N:M keep masks, and for
+    bias compensation the calibration means of the inputs of each ``(layer, kind)``'s ``o_proj`` /
+    ``down_proj`` (see :mod:`loraprune.core.compensation`)."""
 
     plan: PruningPlan
     nm_masks: dict[tuple[int, str], torch.Tensor] | None = None
     pattern: str | None = None
+    input_means: dict[tuple[int, str], torch.Tensor] | None = None
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Merge LoRA (through the N:M masks, so the pattern stays exact) and remove the pruned groups;
-        returns the plain model with every parameter frozen."""
+        """Merge LoRA (through the N:M masks, so the pattern stays exact), add the compensation biases and
+        remove the pruned groups; returns the plain model with every parameter frozen."""
         merged = merge_lora(model) if self.nm_masks is None else nm.merge_through_masks(model, self.nm_masks)
         for param in merged.parameters():
             param.requires_grad_(False)
+        if self.input_means:
+            add_compensation_biases(merged, self.plan, self.input_means)
         return apply_plan(merged, self.plan)
 
 
