@@ -4,8 +4,9 @@ The model is transformers' own LLaMA: :class:`~transformers.LlamaModel` and
 :class:`~transformers.LlamaForCausalLM` with their ``LlamaDecoderLayer`` / ``LlamaAttention`` /
 ``LlamaMLP``, nothing re-implemented. The only change is at construction: a layer whose widths differ
 from the global config is built from a copy of the config stating that layer's query heads, KV heads and
-MLP channels (:meth:`PrunedLlamaConfig.layer_config`); the modules read their sizes when they are built,
-and at run time they read the shared config (attention implementation), so caches, masks, attention
+MLP channels (:meth:`PrunedLlamaConfig.layer_config`), and ``o_proj`` / ``down_proj`` get or lose a bias
+as the config lists (:meth:`PrunedLlamaConfig.layer_out_biases`); the modules read their sizes when they are
+built, and at run time they read the shared config (attention implementation), so caches, masks, attention
 back-ends and ``generate`` are transformers' own. A static cache is sized per layer.
 
 This file imports only torch and transformers. It is copied next to the weights, with
@@ -15,6 +16,8 @@ loads the model where loraprune is not installed (transformers 4.57 and 5.x).
 
 from __future__ import annotations
 
+import torch
+from torch import nn
 from transformers import LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
@@ -35,14 +38,20 @@ def build_decoder_layer(config: PrunedLlamaConfig, layer_idx: int) -> LlamaDecod
     for module in (layer.self_attn, layer.mlp):
         if hasattr(module, "config"):
             module.config = config
-    _fit_o_proj_bias(layer, config)
+    _fit_out_biases(layer, config, layer_idx)
     return layer
 
 
-def _fit_o_proj_bias(layer: LlamaDecoderLayer, config: PrunedLlamaConfig) -> None:
-    o_proj = layer.self_attn.o_proj
-    if not config.attention_out_bias and o_proj.bias is not None:
-        o_proj.bias = None  # Qwen2-style: bias on q/k/v only
+def _fit_out_biases(layer: LlamaDecoderLayer, config: PrunedLlamaConfig, layer_idx: int) -> None:
+    """Give ``o_proj`` / ``down_proj`` a bias or none, as the config states for this layer (Qwen2-style:
+    bias on q/k/v only; bias compensation: an output bias where units were removed)."""
+    wanted = config.layer_out_biases(layer_idx)
+    for name, linear in (("o_proj", layer.self_attn.o_proj), ("down_proj", layer.mlp.down_proj)):
+        if not wanted[name]:
+            linear.bias = None
+        elif linear.bias is None:
+            weight = linear.weight
+            linear.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
 
 
 def fit_layers(model: LlamaModel, config: PrunedLlamaConfig) -> None:
@@ -52,7 +61,7 @@ def fit_layers(model: LlamaModel, config: PrunedLlamaConfig) -> None:
         if config.layer_widths(idx) != widest:
             model.layers[idx] = build_decoder_layer(config, idx)
         else:
-            _fit_o_proj_bias(model.layers[idx], config)
+            _fit_out_biases(model.layers[idx], config, idx)
 
 
 class PrunedLlamaModel(LlamaModel):

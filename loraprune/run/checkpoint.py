@@ -8,6 +8,12 @@ A saved directory is a Hugging Face checkpoint that needs no loraprune to load:
   widths), whose two standalone files are copied in and named in the config's ``auto_map``: it loads with
   ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``.
 
+Output biases that bias compensation (FLAP) added to ``o_proj`` / ``down_proj``: stock LLaMA holds them
+only as ``attention_bias`` (q/k/v/o) and ``mlp_bias`` (gate/up/down), so the stock form sets those and
+saves zero biases for the projections that have none (the same function, a few more parameters); a class
+that cannot state them (Mistral, Qwen2) gives the per-layer form, whose config lists per layer which
+``o_proj`` / ``down_proj`` have a bias (``layer_o_proj_bias``, ``layer_down_proj_bias``).
+
 Next to weights, config and tokenizer: ``pruning_plan.json`` (kept heads/channels, replayable),
 ``README.md`` (the model card, :mod:`loraprune.export.card`) and ``loraprune_card.json`` (its data, so
 ``loraprune-export`` can write it again).
@@ -20,6 +26,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +35,11 @@ import torch
 from torch import nn
 
 from loraprune.core.plan import PruningPlan
+from loraprune.core.structure import ATTENTION_MODULES, MLP_MODULES, decoder_layers, projection
 from loraprune.core.surgery import apply_plan
 from loraprune.core.widths import LayerWidths, biases_of, clean_config_dict, pruned_config, stock_config
 from loraprune.export.card import CARD_DATA_FILE, ModelCard
-from loraprune.export.configuration_pruned_llama import PrunedLlamaConfig
+from loraprune.export.configuration_pruned_llama import LAYER_BIAS_FIELDS, PrunedLlamaConfig
 from loraprune.export.files import (
     copy_modeling_files,
     finish_config_json,
@@ -109,7 +118,8 @@ def save_pruned(
     try:
         model.config = save_config
         try:
-            model.save_pretrained(tmp, safe_serialization=True)
+            with zero_biases(_missing_biases(model, save_config) if chosen == "stock" else []):
+                model.save_pretrained(tmp, safe_serialization=True)
         finally:
             model.config = original
         plain_llama = chosen == "stock" and isinstance(original, PrunedLlamaConfig)
@@ -154,14 +164,21 @@ def _config_for(model: nn.Module, widths: LayerWidths, plan: PruningPlan, form: 
     family with differing widths: the base config and the plan, readable by :func:`load_pruned` only)."""
     stock = stock_config(model.config, widths) if form in ("auto", "stock") else None
     if stock is not None:
+        stock = _state_out_biases(stock, out_biases(model))
+    if stock is not None:
         return stock, "stock"
     if form == "stock":
         raise ValueError(
-            "the layers keep different widths (or the config cannot state them): no stock checkpoint; "
-            "use form='per_layer'"
+            "the layers keep different widths (or the config cannot state them, e.g. o_proj/down_proj "
+            "biases): no stock checkpoint; use form='per_layer'"
         )
+    biases = biases_of(model)
+    flags = out_biases(model)
+    for per_layer, name in LAYER_BIAS_FIELDS.items():
+        if any(flag != biases[name] for flag in flags[per_layer]):
+            biases[per_layer] = flags[per_layer]
     try:
-        return pruned_config(model.config, widths, plan.geometry, biases_of(model)), "per_layer"
+        return pruned_config(model.config, widths, plan.geometry, biases), "per_layer"
     except ValueError as e:
         log.warning("%s: saved with the base config and the plan; load it with loraprune.load_pruned", e)
         base = clean_config_dict(model.config)
@@ -171,6 +188,62 @@ def _config_for(model: nn.Module, widths: LayerWidths, plan: PruningPlan, form: 
             intermediate_size=plan.geometry.intermediate_size,
         )
         return type(model.config).from_dict(base), "plan"
+
+
+def out_biases(model: nn.Module) -> dict[str, list[bool]]:
+    """Whether each decoder layer's ``o_proj`` / ``down_proj`` has a bias, keyed by
+    :data:`~loraprune.export.configuration_pruned_llama.LAYER_BIAS_FIELDS`."""
+    layers = decoder_layers(model)
+    return {
+        "layer_o_proj_bias": [projection(layer, "o_proj").bias is not None for layer in layers],
+        "layer_down_proj_bias": [projection(layer, "down_proj").bias is not None for layer in layers],
+    }
+
+
+def _state_out_biases(stock, flags: dict[str, list[bool]]):
+    """``stock`` (a config of the model's own class) made to hold the output biases ``flags`` lists, or
+    None where its class cannot: stock LLaMA by ``attention_bias`` / ``mlp_bias``."""
+    for key in LAYER_BIAS_FIELDS:  # left over from a per-layer config
+        stock.__dict__.pop(key, None)
+    needs = {
+        "attention_bias": any(flags["layer_o_proj_bias"]) and not getattr(stock, "attention_bias", False),
+        "mlp_bias": any(flags["layer_down_proj_bias"]) and not getattr(stock, "mlp_bias", False),
+    }
+    if not any(needs.values()):
+        return stock
+    if getattr(stock, "model_type", None) != "llama":
+        log.info("%s cannot state o_proj/down_proj biases: a per-layer checkpoint is written", type(stock))
+        return None
+    for name, needed in needs.items():
+        if needed:
+            setattr(stock, name, True)
+    return stock
+
+
+def _missing_biases(model: nn.Module, config) -> list[nn.Module]:
+    """The projections that a stock LLaMA ``config`` gives a bias and ``model``'s lack."""
+    names = (ATTENTION_MODULES if getattr(config, "attention_bias", False) else ()) + (
+        MLP_MODULES if getattr(config, "mlp_bias", False) else ()
+    )
+    if getattr(config, "model_type", None) != "llama":
+        return []
+    modules = [projection(layer, name) for layer in decoder_layers(model) for name in names]
+    return [m for m in modules if m.bias is None]
+
+
+@contextmanager
+def zero_biases(modules: list[nn.Module]) -> Iterator[None]:
+    """Within the block each of ``modules`` (linear layers without a bias) has a zero bias."""
+    try:
+        for m in modules:
+            m.bias = nn.Parameter(
+                torch.zeros(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device),
+                requires_grad=False,
+            )
+        yield
+    finally:
+        for m in modules:
+            m.bias = None
 
 
 def load_pruned(
@@ -226,6 +299,7 @@ def _load_with_plan(path: Path, plan: PruningPlan, device: str, dtype: torch.dty
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(path.glob("*.safetensors")):
         state.update(load_file(shard, device=device))
+    _add_saved_biases(model, state)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
@@ -238,3 +312,13 @@ def _load_with_plan(path: Path, plan: PruningPlan, device: str, dtype: torch.dty
     if tied:
         model.tie_weights()
     return model
+
+
+def _add_saved_biases(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give every linear layer whose bias the saved weights hold and the model lacks (compensation
+    biases) an empty one, for ``load_state_dict(assign=True)`` to fill."""
+    modules = dict(model.named_modules())
+    for key, value in state.items():
+        owner = modules.get(key.removesuffix(".bias")) if key.endswith(".bias") else None
+        if isinstance(owner, nn.Linear) and owner.bias is None:
+            owner.bias = nn.Parameter(torch.empty_like(value, device="meta"), requires_grad=False)
