@@ -13,6 +13,7 @@ from typing import Any
 
 from loraprune.core.lora import LoraTensors, lora_tensors
 from loraprune.criteria.base import Criterion, Needs, NoOptions
+from loraprune.criteria.flap import FlapCriterion, FlapOptions
 from loraprune.criteria.llm_pruner import LLMPrunerCriterion, LLMPrunerOptions
 from loraprune.criteria.lora_grad import LoraGradCriterion, LoraGradOptions, estimated_weight_grad
 from loraprune.criteria.magnitude import MagnitudeCriterion
@@ -37,6 +38,7 @@ CRITERIA: dict[str, type[Criterion]] = {
         WandaSPCriterion,
         WandaCriterion,
         SparseGPTCriterion,
+        FlapCriterion,
     )
 }
 
@@ -79,6 +81,8 @@ def build_criterion(name: str, options: Mapping[str, Any] | None = None) -> Crit
 __all__ = [
     "CRITERIA",
     "Criterion",
+    "FlapCriterion",
+    "FlapOptions",
     "L1Criterion",
     "L2Criterion",
     "LLMPrunerCriterion",

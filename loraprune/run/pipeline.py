@@ -35,7 +35,7 @@ from loraprune.run.memory import PeakMemory
 from loraprune.run.models import load_model, model_path
 from loraprune.run.provenance import provenance
 from loraprune.run.quantize import quantize_base
-from loraprune.run.resolve import ConfigError, RunPlan, resolve
+from loraprune.run.resolve import ConfigError, RunPlan, check_option_keys, resolve
 from loraprune.run.resume import (
     Checkpointer,
     earlier_metrics,
@@ -56,6 +56,7 @@ def to_config(cfg: DictConfig | LoraPruneConfig) -> LoraPruneConfig:
     if isinstance(cfg, LoraPruneConfig):
         return cfg
     merged = OmegaConf.merge(OmegaConf.structured(LoraPruneConfig), cfg)
+    check_option_keys(str(merged.method.criterion), merged.method.options or {})
     try:
         return OmegaConf.to_object(merged)
     except ValueError as e:  # a schema's own check (e.g. data.kind)

@@ -9,6 +9,7 @@ maximum sequence length, and checks the run directory.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from loraprune.core.structure import (
     removable_counts,
 )
 from loraprune.core.surgery import count_parameters
-from loraprune.criteria import CRITERIA, build_options
+from loraprune.criteria import CRITERIA, FlapOptions, build_options, criterion_options
 from loraprune.pruners import SELECTIONS, PrunerSettings
 from loraprune.run.config import LoraPruneConfig
 from loraprune.run.models import load_config, model_location, model_path, resolve_device, resolve_dtype
@@ -201,6 +202,13 @@ def _validate_method(cfg: LoraPruneConfig) -> None:
         getattr(options, "activations", 0.0) == 0 or cfg.prune.pattern is None,
         "method.options.activations scores channels: structured pruning only (not prune.pattern)",
     )
+    standardized = isinstance(options, FlapOptions) and options.standardize
+    _check(
+        not (standardized and effective_selection(cfg) == "budget"),
+        "method.options.standardize: FLAP's standardised scores have no per-parameter meaning (they can be "
+        "negative); use prune.selection=adaptive (FLAP's), global or local, or "
+        "method.options.standardize=false",
+    )
     criterion = CRITERIA[m.criterion]
     schedule, at_step = effective_schedule(cfg)
     _check(
@@ -344,6 +352,24 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
     schedule, at_step = effective_schedule(cfg)
     settings = _pruner_settings(cfg, ratio, excluded)
     return RunPlan(cfg, geo, excluded, schedule, at_step, settings, total, check_run_dir(cfg))
+
+
+def check_option_keys(criterion: str, keys: Iterable[str]) -> None:
+    """Refuse ``method.options`` keys that ``criterion`` does not take, naming the criteria that do (e.g. a
+    FLAP option on another method). For the composed config, before the typed conversion drops keys that
+    were added with ``+method.options.KEY=...``; an unknown criterion is left to :func:`validate`."""
+    if criterion not in CRITERIA:
+        return
+    own = criterion_options(criterion)
+    unknown = sorted(set(keys) - own)
+    if not unknown:
+        return
+    users = sorted({name for name in CRITERIA for key in unknown if key in criterion_options(name)})
+    used_by = f"; {'an option' if len(unknown) == 1 else 'options'} of {', '.join(users)}" if users else ""
+    raise ConfigError(
+        f"method.options {', '.join(unknown)}: not used by criterion {criterion!r} (its options: "
+        f"{', '.join(sorted(own)) or 'none'}){used_by}"
+    )
 
 
 def effective_selection(cfg: LoraPruneConfig) -> str:
