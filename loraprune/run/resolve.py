@@ -365,10 +365,10 @@ def check_option_keys(criterion: str, keys: Iterable[str]) -> None:
     if not unknown:
         return
     users = sorted({name for name in CRITERIA for key in unknown if key in criterion_options(name)})
-    used_by = f"; {'an option' if len(unknown) == 1 else 'options'} of {', '.join(users)}" if users else ""
+    used_by = f" ({'an option' if len(unknown) == 1 else 'options'} of {', '.join(users)})" if users else ""
     raise ConfigError(
-        f"method.options {', '.join(unknown)}: not used by criterion {criterion!r} (its options: "
-        f"{', '.join(sorted(own)) or 'none'}){used_by}"
+        f"unknown method.options {unknown} for criterion {criterion!r}{used_by}; known: "
+        f"{', '.join(sorted(own)) or 'none'}"
     )
 
 
