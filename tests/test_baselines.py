@@ -329,7 +329,7 @@ def test_llm_pruner_gqa_query_heads_and_layer_range(tmp_path, corpus):
     assert [kept[str(i)]["kv_heads"] for i in range(4)] == [2, 2, 2, 2]
     assert [kept[str(i)]["channels"] for i in range(4)] == [128, 64, 64, 128]
     # no recovery steps: the before-recovery entry is the pruned result
-    assert metrics["pruned_before_recovery"] == {"ppl": metrics["pruned"]["ppl"]}
+    assert metrics["pruned_before_recovery"]["ppl"] == metrics["pruned"]["ppl"]
 
 
 def test_config_errors(tmp_path, corpus):

@@ -41,8 +41,9 @@ class FinetuneDataSpec:
         seed: Seed of the sample selection (a run sets it to ``trainer.seed``).
         field: Text field of record files for ``kind="text"``.
         mirror: Local hub mirror folder (None: ``$LORAPRUNE_HUB_MIRROR``, then the hub).
-        holdout_val: ``wiki_embedded`` / ``news_embedded``: fine-tune without their validation documents
-            (evaluation sets ``wiki_embedded_val`` / ``news_embedded_val``); the embedded default sets it.
+        holdout_val: An embedded corpus fine-tunes without its validation documents (evaluation sets
+            ``wiki_embedded_val`` / ``news_embedded_val``); null (the default): true for the embedded
+            corpora, false for other sources; true for another source is an error.
 
     This is also the ``data`` config node of a run.
     """
@@ -56,7 +57,12 @@ class FinetuneDataSpec:
     seed: int = 0
     field: str = "text"
     mirror: str | None = None
-    holdout_val: bool = False
+    holdout_val: bool | None = None
+
+    @property
+    def holds_out_val(self) -> bool:
+        """Whether the validation documents are kept out of fine-tuning (``holdout_val``, or its default)."""
+        return self.holdout_val if self.holdout_val is not None else bool(finetune_corpora(self.name))
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "text", "instruction"):
@@ -75,7 +81,7 @@ class FinetuneDataSpec:
 def validate_finetune_spec(spec: FinetuneDataSpec, *, mirror: MirrorPath = None) -> None:
     """Cheap checks of ``spec`` (:func:`~loraprune.data.sources.validate_finetune_source`); loads nothing."""
     validate_finetune_source(spec.name, kind=spec.kind, mirror=mirror)
-    if spec.holdout_val and not finetune_corpora(spec.name):
+    if spec.holdout_val is True and not finetune_corpora(spec.name):
         raise ValueError(
             f"data.holdout_val: {spec.name!r} has no validation split (only the embedded corpora)"
         )
@@ -180,7 +186,7 @@ def build_finetune_dataset(
     """
     validate_finetune_spec(spec, mirror=mirror)
     if spec.name in EMBEDDED_SOURCES:
-        docs = embedded_docs(spec.name, "finetune", holdout_val=spec.holdout_val)
+        docs = embedded_docs(spec.name, "finetune", holdout_val=spec.holds_out_val)
         return text_blocks("\n\n".join(docs), tokenizer, spec)
     path = None if spec.name in INSTRUCTION_HUB_SOURCES else Path(spec.name).expanduser()
     if path is not None and path.suffix.lower() == ".txt":

@@ -67,6 +67,6 @@ def calibration_windows(
 ) -> list[dict[str, list[int]]]:
     """Random windows of plain text for a criterion's calibration (see the module doc), seeded by
     ``spec.seed``; the text is tokenized whole without special tokens, as the fine-tune blocks are."""
-    text = plain_text(plain_text_source(spec, source), holdout_val=spec.holdout_val)
+    text = plain_text(plain_text_source(spec, source), holdout_val=spec.holds_out_val)
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return random_windows(ids, count, seq_len, spec.seed)

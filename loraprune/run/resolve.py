@@ -298,7 +298,7 @@ def _validate_sources(cfg: LoraPruneConfig) -> None:
     inside = [
         n
         for n in cfg.eval.ppl_sets
-        if not cfg.data.holdout_val
+        if not cfg.data.holds_out_val
         and data.EMBEDDED_VALIDATION.get(n) in data.finetune_corpora(cfg.data.name)
     ]
     _check(
@@ -307,7 +307,7 @@ def _validate_sources(cfg: LoraPruneConfig) -> None:
         "set data.holdout_val=true",
     )
     _check(
-        not cfg.data.holdout_val or data.finetune_corpora(cfg.data.name),
+        cfg.data.holdout_val is not True or data.finetune_corpora(cfg.data.name),
         f"data.holdout_val: {cfg.data.name!r} has no validation split (only the embedded corpora)",
     )
 
