@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from loraprune.core.depth import remove_layers
 from loraprune.core.lora import dense_weight, is_quantized
 from loraprune.core.plan import PruningPlan, head_channels
 from loraprune.core.structure import Geometry, decoder_layers
@@ -59,8 +60,12 @@ def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
 def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Remove what the plan drops, so that HF's own forward runs the smaller model. In place.
 
-    The model's config then states the widths it has (:func:`state_config_widths`).
+    The model's config then states the widths it has (:func:`state_config_widths`). A depth cut removes
+    the plan's ``removed_layers`` (:func:`~loraprune.core.depth.remove_layers`), unless the model has
+    lost them already (a pruner that removes them before LoRA recovery).
     """
+    if plan.removed_layers:
+        _remove_planned_layers(model, plan)
     layers = decoder_layers(model)
     hd = plan.geometry.head_dim
     for idx, keep in plan.layers.items():
@@ -94,6 +99,18 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
                 mlp.intermediate_size = len(keep.channels)
     state_config_widths(model, plan.geometry)
     return model
+
+
+def _remove_planned_layers(model: nn.Module, plan: PruningPlan) -> None:
+    depth, base = len(decoder_layers(model)), plan.geometry.num_layers
+    left = base - len(plan.removed_layers)
+    if depth == base:
+        remove_layers(model, plan.removed_layers)
+    elif depth != left:
+        raise ValueError(
+            f"the model has {depth} layers: neither the base model's {base} nor the {left} left by removing "
+            f"layers {plan.removed_layers}"
+        )
 
 
 def state_config_widths(model: nn.Module, base: Geometry) -> str | None:

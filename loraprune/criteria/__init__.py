@@ -13,6 +13,7 @@ from typing import Any
 
 from loraprune.core.lora import LoraTensors, lora_tensors
 from loraprune.criteria.base import Criterion, Needs, NoOptions
+from loraprune.criteria.depth import BlockInfluenceCriterion, RemovalPerplexityCriterion
 from loraprune.criteria.flap import FlapCriterion, FlapOptions
 from loraprune.criteria.llm_pruner import LLMPrunerCriterion, LLMPrunerOptions
 from loraprune.criteria.lora_grad import LoraGradCriterion, LoraGradOptions, estimated_weight_grad
@@ -39,6 +40,8 @@ CRITERIA: dict[str, type[Criterion]] = {
         WandaCriterion,
         SparseGPTCriterion,
         FlapCriterion,
+        BlockInfluenceCriterion,
+        RemovalPerplexityCriterion,
     )
 }
 
@@ -79,6 +82,7 @@ def build_criterion(name: str, options: Mapping[str, Any] | None = None) -> Crit
 
 
 __all__ = [
+    "BlockInfluenceCriterion",
     "CRITERIA",
     "Criterion",
     "FlapCriterion",
@@ -97,6 +101,7 @@ __all__ = [
     "NoOptions",
     "RandomCriterion",
     "RandomOptions",
+    "RemovalPerplexityCriterion",
     "SparseGPTCriterion",
     "SparseGPTOptions",
     "TrueGradCriterion",

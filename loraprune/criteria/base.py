@@ -57,6 +57,7 @@ class Criterion:
     semistructured_only: ClassVar[bool] = False
     structured_only: ClassVar[bool] = False  # scores whole units (:meth:`unit_scores`), not elements
     solves_nm: ClassVar[bool] = False  # its N:M choice also updates the kept weights (:meth:`solve_nm`)
+    scores_layers: ClassVar[bool] = False  # scores whole decoder layers (:meth:`layer_score`): depth pruning
     calibration_samples: ClassVar[int] = 10  # default calibration set: samples ...
     calibration_seq_len: ClassVar[int | None] = None  # ... of this many tokens (None: as long as they are)
 
@@ -94,6 +95,10 @@ class Criterion:
         """One score per unit of ``kind`` in ``layer`` computed by the criterion itself; ``None`` (the
         default): the units' scores are sums of :meth:`channel_scores` over their slices."""
         return None
+
+    def layer_score(self, layer: nn.Module) -> float:
+        """One score of a whole decoder layer (``scores_layers``: depth pruning removes the lowest)."""
+        raise NotImplementedError(f"criterion {self.name!r} does not score whole layers")
 
     @property
     def per_micro_batch(self) -> bool:

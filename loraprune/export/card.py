@@ -41,6 +41,7 @@ class ModelCard:
         eval: perplexity protocol (sequence length, windows).
         zeroshot: zero-shot summaries, ``{"dense": {...}, "pruned": {...}}``.
         kept_per_layer: kept query heads, KV heads and channels per layer.
+        removed_layers: the decoder layers a depth cut removed (base-model indices), if any.
         semistructured: the N:M report (pattern, sparsity, exact).
         command: the exact command that produced the run.
         config_yaml: the resolved config of the run.
@@ -59,6 +60,7 @@ class ModelCard:
     eval: dict[str, Any] = field(default_factory=dict)
     zeroshot: dict[str, dict[str, Any]] = field(default_factory=dict)
     kept_per_layer: dict[str, dict[str, int]] = field(default_factory=dict)
+    removed_layers: list[int] | None = None
     semistructured: dict[str, Any] | None = None
     command: str | None = None
     config_yaml: str | None = None
@@ -107,6 +109,7 @@ class ModelCard:
             eval=dict(metrics.get("eval") or {}),
             zeroshot=zeroshot,
             kept_per_layer=dict(metrics.get("kept_per_layer") or {}),
+            removed_layers=(metrics.get("depth") or {}).get("removed_layers"),
             semistructured=metrics.get("semistructured"),
             command=command,
             config_yaml=yaml.safe_dump(cfg, sort_keys=False) if cfg else None,

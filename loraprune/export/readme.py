@@ -61,6 +61,13 @@ def render(
         what = (
             f"every group of {card.pattern.split(':')[1]} input weights of the pruned projections keeps {n}"
         )
+    elif card.removed_layers:
+        layers = len(card.kept_per_layer) or None
+        of = f" of {layers}" if layers else ""
+        what = (
+            f"whole decoder layers are removed ({len(card.removed_layers)}{of}: layers "
+            f"{', '.join(map(str, card.removed_layers))}), the others keep their widths"
+        )
     else:
         what = "whole attention heads and MLP channels are removed, so the model is smaller and dense"
     out += [
@@ -93,7 +100,13 @@ def _pruning(card: ModelCard) -> list[str]:
         ("pattern", card.pattern),
         ("ratio", run.get("ratio")),
         ("target", run.get("target")),
-        ("group ratio per prunable layer", run.get("group_ratio")),
+        ("removed layers", ", ".join(map(str, card.removed_layers)) if card.removed_layers else None),
+        (
+            "removed fraction of the prunable layers"
+            if card.removed_layers
+            else "group ratio per prunable layer",
+            run.get("group_ratio"),
+        ),
         ("attention unit", run.get("attention_unit")),
         ("schedule", run.get("schedule")),
         ("fine-tuning steps", run.get("steps")),

@@ -48,7 +48,9 @@ class PrunerSettings:
     ``normalize_order`` (``channel`` | ``unit``): see :func:`loraprune.core.importance.unit_scores`.
     ``calibration_samples`` / ``calibration_seq_len`` size a criterion's own statistics (``None``: the
     criterion's defaults); ``calibration_batches`` training micro-batches feed the moving average before
-    the first step (one at least for a gradient criterion pruning one-shot).
+    the first step (one at least for a gradient criterion pruning one-shot). ``layers``: the whole
+    decoder layers a depth cut removes (a layer criterion; ``ratio`` is then their fraction of the
+    prunable layers).
     """
 
     ratio: float = 0.0
@@ -66,6 +68,7 @@ class PrunerSettings:
     calibration_samples: int | None = None
     calibration_seq_len: int | None = None
     calibration_batches: int = 0
+    layers: int = 0
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
@@ -76,14 +79,16 @@ class PrunerSettings:
 
 @dataclass
 class PruneResult:
-    """What a finished pruner leaves: the kept groups (all of them for N:M), the N:M keep masks, and for
-    bias compensation the calibration means of the inputs of each ``(layer, kind)``'s ``o_proj`` /
-    ``down_proj`` (see :mod:`loraprune.core.compensation`)."""
+    """What a finished pruner leaves: the kept groups (all of them for N:M, or the removed layers of a
+    depth cut), the N:M keep masks, for bias compensation the calibration means of the inputs of each
+    ``(layer, kind)``'s ``o_proj`` / ``down_proj`` (see :mod:`loraprune.core.compensation`), and a depth
+    cut's score of every prunable layer (base-model indices)."""
 
     plan: PruningPlan
     nm_masks: dict[tuple[int, str], torch.Tensor] | None = None
     pattern: str | None = None
     input_means: dict[tuple[int, str], torch.Tensor] | None = None
+    layer_scores: dict[int, float] | None = None
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Merge LoRA (through the N:M masks, so the pattern stays exact), add the compensation biases and

@@ -280,6 +280,12 @@ def measure_pruned(
     summary = result.plan.summary()
     out["achieved_ratio"] = achieved_ratio(summary, result.plan, plan.prunable)
     out["kept_per_layer"] = summary
+    if result.plan.removed_layers:  # a depth cut: which layers went, and every prunable layer's score
+        out["depth"] = {
+            "removed_layers": list(result.plan.removed_layers),
+            "kept_layers": result.plan.kept_layers,
+            "layer_scores": {str(i): s for i, s in sorted((result.layer_scores or {}).items())},
+        }
     return out
 
 

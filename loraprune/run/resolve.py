@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from loraprune import data
 from loraprune.core.budget import ratio_for_param_fraction
+from loraprune.core.depth import layers_for_target
 from loraprune.core.importance import NORMALIZE_ORDERS
 from loraprune.core.structure import (
     ALL_PROJECTIONS,
@@ -91,6 +92,8 @@ def effective_schedule(cfg: LoraPruneConfig) -> tuple[str, int]:
 # ------------------------------------------------------------------------------------------ checks
 def validate(cfg: LoraPruneConfig) -> None:
     """Raise :class:`ConfigError` with a one-line message for anything that cannot work."""
+    if is_depth(cfg):
+        _validate_depth(cfg)
     _validate_prune(cfg)
     _validate_method(cfg)
     _validate_training(cfg)
@@ -151,6 +154,38 @@ def _validate_prune(cfg: LoraPruneConfig) -> None:
     _check(
         p.layer_range is None or p.exclude_layers is None,
         "set either prune.exclude_layers or prune.layer_range, not both",
+    )
+
+
+def is_depth(cfg: LoraPruneConfig) -> bool:
+    """Whether the method removes whole decoder layers (a layer criterion such as ``shortgpt``)."""
+    criterion = CRITERIA.get(cfg.method.criterion)
+    return criterion is not None and criterion.scores_layers
+
+
+def _validate_depth(cfg: LoraPruneConfig) -> None:
+    """A depth cut removes whole layers: the settings of width and N:M pruning must be left alone."""
+    p, name = cfg.prune, f"method={cfg.method.name} (criterion {cfg.method.criterion!r})"
+    _check(
+        p.pattern is None,
+        f"prune.pattern {p.pattern!r}: {name} removes whole decoder layers, not N:M patterns; "
+        "leave prune.pattern null (not prune=nm)",
+    )
+    meaningless = {
+        f"prune.selection={p.selection}": p.selection not in (None, "global"),
+        f"prune.attention_unit={p.attention_unit}": p.attention_unit != "kv_group",
+        "prune.prune_attention/prune_mlp=false": not (p.prune_attention and p.prune_mlp),
+    }
+    bad = [k for k, set_ in meaningless.items() if set_]
+    _check(
+        not bad,
+        f"{', '.join(bad)}: {name} removes whole decoder layers, the lowest-scoring of the prunable ones "
+        "(prune.ratio: of the parameters with prune.target=params, of the prunable layers with "
+        "prune.target=groups); leave these at their defaults",
+    )
+    _check(
+        cfg.trainer.distill.weight == 0,
+        f"trainer.distill: {name} removes its layers before recovery, so there is no dense teacher",
     )
 
 
@@ -329,13 +364,18 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
         f"eval.seq_len {cfg.eval.seq_len} exceeds the model's maximum positions ({max_len})",
     )
     excluded = excluded_layers(cfg, geo)
-    total, attention_bias = _parameter_count(config)
-    ratio = p.ratio or 0.0
+    total, attention_bias, layer_params = _parameter_count(config)
+    ratio, depth = p.ratio or 0.0, 0
     try:
-        if p.target == "params" and p.pattern is None:
+        if is_depth(cfg):
+            prunable = [i for i in range(geo.num_layers) if i not in excluded]
+            depth = layers_for_target(ratio, p.target, geo.num_layers, prunable, layer_params, total)
+            ratio = depth / len(prunable)
+        elif p.target == "params" and p.pattern is None:
             prunable = geo.num_layers - len(excluded)
             ratio = ratio_for_param_fraction(geo, p.attention_unit, p.ratio, total, prunable, attention_bias)
-        removable_counts(geo, p.attention_unit, ratio)
+        if not depth:
+            removable_counts(geo, p.attention_unit, ratio)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     _check(
@@ -350,7 +390,7 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
         "prune.selection=local",
     )
     schedule, at_step = effective_schedule(cfg)
-    settings = _pruner_settings(cfg, ratio, excluded)
+    settings = _pruner_settings(cfg, ratio, excluded, depth)
     return RunPlan(cfg, geo, excluded, schedule, at_step, settings, total, check_run_dir(cfg))
 
 
@@ -377,7 +417,9 @@ def effective_selection(cfg: LoraPruneConfig) -> str:
     return cfg.prune.selection or cfg.method.selection
 
 
-def _pruner_settings(cfg: LoraPruneConfig, ratio: float, excluded: list[int]) -> PrunerSettings:
+def _pruner_settings(
+    cfg: LoraPruneConfig, ratio: float, excluded: list[int], layers: int = 0
+) -> PrunerSettings:
     p, m = cfg.prune, cfg.method
     return PrunerSettings(
         ratio=ratio,
@@ -395,18 +437,20 @@ def _pruner_settings(cfg: LoraPruneConfig, ratio: float, excluded: list[int]) ->
         calibration_samples=m.calibration.samples,
         calibration_seq_len=m.calibration.seq_len,
         calibration_batches=m.calibration.batches,
+        layers=layers,
     )
 
 
-def _parameter_count(config) -> tuple[int, bool]:
-    """Exact parameters of the model ``config`` describes and whether q/k/v carry a bias (built on the
-    meta device: no memory, no weights)."""
+def _parameter_count(config) -> tuple[int, bool, int]:
+    """Exact parameters of the model ``config`` describes, whether q/k/v carry a bias, and the parameters
+    of one decoder layer (built on the meta device: no memory, no weights)."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    attention_bias = projection(decoder_layers(model)[0], "q_proj").bias is not None
-    return count_parameters(model), attention_bias
+    layer = decoder_layers(model)[0]
+    attention_bias = projection(layer, "q_proj").bias is not None
+    return count_parameters(model), attention_bias, sum(p.numel() for p in layer.parameters())
 
 
 def excluded_layers(cfg: LoraPruneConfig, geo: Geometry) -> list[int]:
