@@ -235,6 +235,26 @@ def test_generation_with_the_kv_cache_on_the_shortened_model(tmp_path):
         assert torch.allclose(step.logits[:, -1], full, atol=1e-5)
 
 
+def test_a_resumed_cut_is_the_same_cut_or_refused():
+    model, _ = _tiny()
+    twin = copy.deepcopy(model)
+    first, again = _depth_pruner(model, 1), _depth_pruner(twin, 1)
+    for pruner in (first, again):  # a resumed run prepares (calibrates and cuts) before the checkpoint loads
+        pruner.prepare(_calibration(_samples()))
+    state = first.state_dict()
+    again.load_state_dict(state)
+    assert again.decision_digest() == first.decision_digest()
+    other = [i for i in (0, 1, 2) if i not in state["removed_layers"]][:1]
+    with pytest.raises(RuntimeError, match="this run's calibration removes"):
+        again.load_state_dict({**state, "removed_layers": other})
+    decision = first.decision()
+    decision["removed_layers"] = torch.zeros_like(decision["removed_layers"])
+    decision["removed_layers"][other] = True
+    with pytest.raises(RuntimeError, match="cannot be restored"):
+        again.adopt_decision(decision)
+    again.adopt_decision(first.decision())  # the same cut: nothing to do
+
+
 def test_the_plan_of_a_depth_cut():
     geo = Geometry(4, 64, 4, 4, 16, 128)
     plan = PruningPlan(geo, removed_layers=[2, 0])
