@@ -122,6 +122,7 @@ def _make_identity(layer: nn.Module) -> None:
 def test_an_identity_layer_scores_lowest_and_goes_first(criterion, tokens):
     model, _ = _tiny()
     _make_identity(decoder_layers(model)[1])
+    _make_identity(decoder_layers(model)[3])  # excluded: never scored, never removed
     samples = _samples()
     batches = _calibration(samples).batches(len(samples), None)
     dense = perplexity(model, batches)
@@ -312,6 +313,10 @@ def test_a_run_with_recovery_trains_and_saves_the_shortened_model(tmp_path):
             ("prune.target=params", "prune.ratio=0.55", "prune.exclude_layers=[0,3]"),
             r"needs 3 layers, but only 2 are prunable \(layers \[0, 3\] are excluded",
         ),
+        (
+            ("prune.target=params", "prune.ratio=0.35", "prune.layer_range=[1,2]"),
+            r"needs 2 layers, but only 1 are prunable \(layers \[0, 2, 3\] are excluded",
+        ),
         (("prune.target=params", "prune.ratio=0.1"), "rounds to no layer"),
         (
             ("prune.selection=budget",),
@@ -327,6 +332,7 @@ def test_a_run_with_recovery_trains_and_saves_the_shortened_model(tmp_path):
         "all-layers-groups",
         "all-layers-params",
         "excluded",
+        "range",
         "none",
         "selection",
         "unit",
