@@ -163,6 +163,12 @@ class PhaseTimer(StepHooks):
         self._current[phase] += now - self._mark
         self._mark = now
 
+    def after_micro_batch(self, step: int, index: int, count: int) -> None:
+        self.inner.after_micro_batch(step, index, count)  # per-micro-batch criteria fold their samples
+
+    def unpruned(self):
+        return self.inner.unpruned()
+
     def after_accumulation(self, step: int) -> None:
         self._lap("backward")
         self.inner.after_accumulation(step)
