@@ -729,6 +729,19 @@ def test_rows_differing_in_a_setting_stay_apart_and_say_so(tmp_path):
     assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--paper", "none"]) == 0
 
 
+def test_a_selection_other_than_the_methods_own_is_named_alone(tmp_path):
+    budget = write_run(tmp_path, "wanda", method="wanda_sp", ratio=0.2, ppl=30.0, zeroshot=None)
+    (budget / "config.yaml").write_text("prune:\n  selection: budget\nmethod:\n  selection: local\n")
+    fisher = write_run(tmp_path, "fisher", method="mask_fisher", ratio=0.2, ppl=25.0, zeroshot=None)
+    (fisher / "config.yaml").write_text("prune:\n  selection: null\nmethod:\n  selection: budget\n")
+    for d in (budget, fisher):  # both select by budget: the rows do not differ in it
+        metrics = json.loads((d / "metrics.json").read_text())
+        metrics["run"]["selection"] = "budget"
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    labels = [r.label for r in collect_rows(tmp_path)]
+    assert labels == ["Dense", "Wanda-sp (budget)", "LoRA + mask Fisher"]
+
+
 def test_cli_reference_errors_are_one_line(tmp_path, capsys):
     _pair_fixture(tmp_path)
     assert main([str(tmp_path), "--paper", "none", "--reference", "sparsegpt"]) == 2

@@ -3,7 +3,8 @@
 Each run's settings are read from its ``metrics.json`` ``run`` block, else from the resolved
 ``config.yaml`` beside it. Runs that differ in any of them are never averaged together (only seeds are),
 and within a ratio block where runs differ in a setting, every row's label names its value, e.g.
-``Wanda-sp (budget)`` next to ``LoRAPrune (local)``.
+``Wanda-sp (budget)`` next to ``LoRAPrune (local)``; a selection other than the method's own is named
+in any case (``Wanda-sp (budget)`` beside mask Fisher, whose own selection is budget).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ _READERS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], str | None
 
 def run_settings(run: dict[str, Any], config: dict[str, Any] | None = None) -> tuple[tuple[str, str], ...]:
     """``(setting, shown value)`` pairs of one run, in :data:`SETTINGS` order; unknown settings left out.
+    A selection other than the method's own (``prune.selection`` set against ``method.selection``) is
+    also recorded as ``("overridden", selection)``: the label names it even when no row beside it differs.
 
     Args:
         run: the ``run`` block of its ``metrics.json``.
@@ -76,6 +79,9 @@ def run_settings(run: dict[str, Any], config: dict[str, Any] | None = None) -> t
         value = _READERS[name](run, config)
         if value is not None:
             out.append((name, value))
+    chosen, own = _get(config, "prune.selection"), _get(config, "method.selection")
+    if chosen is not None and own is not None and chosen != own:
+        out.append(("overridden", str(chosen)))
     return tuple(out)
 
 
@@ -108,7 +114,10 @@ def qualify(rows: Sequence[Settled]) -> dict[int, str]:
             if len({dict(rows[i].settings).get(name) for i in members if rows[i].kind == "run"} - {None}) > 1
         ]
         for i in members:
-            values = [dict(rows[i].settings)[n] for n in varying if n in dict(rows[i].settings)]
+            settings = dict(rows[i].settings)
+            values = [settings[n] for n in varying if n in settings]
+            if "selection" not in varying and "overridden" in settings:
+                values.insert(0, settings["overridden"])
             if values:
                 out[i] = ", ".join(values)
     return out
