@@ -24,7 +24,7 @@ def test_bench_produces_every_figure_at_tiny_size(tmp_path, capsys):
     assert result["machine"]["date"] and result["machine"]["cores"] >= 1
     # 1 and 2: one process per variant, each with its own peak above its own loaded model
     loops = result["loops"]
-    assert list(loops) == ["lora", "loraprune", "grad", "llm_pruner"]
+    assert list(loops) == ["lora", "loraprune", "grad", "llm_pruner", "mask_fisher"]
     for run in loops.values():
         assert run["rss_baseline_gib"] > 0 and run["cpu_peak_rss_gib"] >= run["rss_baseline_gib"]
         assert run["tokens_per_s"] > 0 and set(run["phase_s"]) == set(PHASES)

@@ -159,7 +159,7 @@ def test_hub_failure_points_to_embedded(monkeypatch, tok):
 
 # -------------------------------------------------------------------------------- fine-tune data
 def test_text_blocks_exact_length_and_finetune_side_only(tok):
-    spec = FinetuneDataSpec("news_embedded", cutoff_len=64)
+    spec = FinetuneDataSpec("news_embedded", cutoff_len=64, holdout_val=False)  # the whole fine-tune side
     blocks = build_finetune_dataset(spec, tok)
     finetune_text = "\n\n".join(embedded_news_split()[0])
     n_tokens = len(tok(finetune_text, add_special_tokens=False)["input_ids"])

@@ -154,7 +154,7 @@ def test_statistics_samples_replace_the_fine_tune_samples_for_batches():
 
 
 # --------------------------------------------------------------------------------- 2: validation split
-def test_wiki_validation_split_is_disjoint_and_leaves_the_default_unchanged():
+def test_wiki_validation_split_is_disjoint_and_held_out_on_request():
     from loraprune.data.embedded_corpora import (
         WIKI_VAL_FRACTION,
         embedded_wiki_split,
@@ -171,11 +171,13 @@ def test_wiki_validation_split_is_disjoint_and_leaves_the_default_unchanged():
     assert not (paragraphs[0] & paragraphs[1]) and not (paragraphs[1] & paragraphs[2])
     share = sum(a.num_words for a in val) / sum(a.num_words for a in finetune)
     assert WIKI_VAL_FRACTION <= share < 2 * WIKI_VAL_FRACTION
-    assert embedded_docs("wiki_embedded", "finetune") == [a.text for a in finetune]  # default unchanged
+    assert embedded_docs("wiki_embedded", "finetune") == [a.text for a in finetune]  # whole fine-tune side
     assert embedded_docs("wiki_embedded", "finetune", holdout_val=True) == [a.text for a in rest]
     assert embedded_docs("wiki_embedded", "validation") == [a.text for a in val]
-    with pytest.raises(ValueError, match="no validation split"):
-        embedded_docs("news_embedded", "validation")
+    from loraprune.data import FinetuneDataSpec
+
+    assert FinetuneDataSpec("wiki_embedded").holds_out_val  # a run holds them out unless told otherwise
+    assert not FinetuneDataSpec("wiki_embedded", holdout_val=False).holds_out_val
 
 
 def test_wiki_embedded_val_is_an_eval_set_that_needs_the_holdout():
@@ -188,11 +190,13 @@ def test_wiki_embedded_val_is_an_eval_set_that_needs_the_holdout():
     cfg = LoraPruneConfig()
     cfg.model.source, cfg.trainer.device = "tiny", "cpu"
     cfg.eval.ppl_sets = ["wiki_embedded_val"]
+    validate(cfg)  # held out by default (data.holdout_val null)
+    cfg.data.holdout_val = False
     with pytest.raises(ConfigError, match="data.holdout_val=true"):
         validate(cfg)
     cfg.data.holdout_val = True
     validate(cfg)
-    cfg.data.name = "news_embedded"
+    cfg.data.name = "alpaca"
     with pytest.raises(ConfigError, match="no validation split"):
         validate(cfg)
 

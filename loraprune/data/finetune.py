@@ -61,8 +61,8 @@ class FinetuneDataSpec:
 
     @property
     def holds_out_val(self) -> bool:
-        """Whether the validation documents are kept out of fine-tuning (``holdout_val``, or its default)."""
-        return self.holdout_val if self.holdout_val is not None else bool(finetune_corpora(self.name))
+        """Whether the validation documents are kept out of fine-tuning (:func:`holds_out_val`)."""
+        return holds_out_val(self.name, self.holdout_val)
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "text", "instruction"):
@@ -76,6 +76,12 @@ class FinetuneDataSpec:
                 f"unknown prompt_template {self.prompt_template!r}; "
                 f"expected one of {', '.join(PROMPT_TEMPLATES)}"
             )
+
+
+def holds_out_val(name: str, holdout_val: bool | None) -> bool:
+    """Whether fine-tuning on ``name`` keeps the validation documents out: ``holdout_val``, or when it is
+    None, whether ``name`` is an embedded corpus (they have a validation half)."""
+    return holdout_val if holdout_val is not None else bool(finetune_corpora(name))
 
 
 def validate_finetune_spec(spec: FinetuneDataSpec, *, mirror: MirrorPath = None) -> None:

@@ -31,6 +31,7 @@ from loraprune.core.structure import (
 )
 from loraprune.core.surgery import count_parameters
 from loraprune.criteria import CRITERIA, FlapOptions, build_options, criterion_options
+from loraprune.data.finetune import holds_out_val
 from loraprune.pruners import SELECTIONS, PrunerSettings
 from loraprune.run.config import LoraPruneConfig
 from loraprune.run.models import load_config, model_location, model_path, resolve_device, resolve_dtype
@@ -333,7 +334,7 @@ def _validate_sources(cfg: LoraPruneConfig) -> None:
     inside = [
         n
         for n in cfg.eval.ppl_sets
-        if not cfg.data.holds_out_val
+        if not holds_out_val(cfg.data.name, cfg.data.holdout_val)
         and data.EMBEDDED_VALIDATION.get(n) in data.finetune_corpora(cfg.data.name)
     ]
     _check(
