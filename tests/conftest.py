@@ -48,11 +48,9 @@ def compose(*overrides: str):
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
-def run_cli(
-    *args: str, cwd: Path, env: dict | None = None, timeout: int = 300
-) -> subprocess.CompletedProcess:
-    """``python -m loraprune ARGS`` as a user would run it (offline); asserts it succeeded."""
-    proc = subprocess.run(
+def cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m loraprune ARGS`` as a user would run it (offline), whatever its exit status."""
+    return subprocess.run(
         [sys.executable, "-m", "loraprune", *args],
         cwd=cwd,
         env=env or OFFLINE_ENV,
@@ -60,6 +58,13 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """:func:`cli`, asserting it succeeded."""
+    proc = cli(*args, cwd=cwd, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

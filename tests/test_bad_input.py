@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import OFFLINE_ENV, compose
+from conftest import cli, compose
 
 from loraprune.run.pipeline import to_config
 from loraprune.run.resolve import ConfigError, resolve
@@ -49,14 +47,7 @@ def test_unusable_fine_tune_file_is_one_line_from_the_cli(tmp_path, content, mes
     data = tmp_path / "train.txt"
     data.write_bytes(content)
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "loraprune", "debug=tiny", f"data.name={data}", f"output_dir={out}"],
-        cwd=tmp_path,
-        env=OFFLINE_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = cli("debug=tiny", f"data.name={data}", f"output_dir={out}", cwd=tmp_path)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("loraprune: error:") and message in last, proc.stderr[-2000:]

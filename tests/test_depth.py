@@ -7,12 +7,10 @@ from __future__ import annotations
 import copy
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import OFFLINE_ENV, compose, lora_with_random_b
+from conftest import cli, compose, lora_with_random_b
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -352,14 +350,7 @@ def test_bad_depth_input(overrides, message, tmp_path):
 def test_a_bad_depth_target_is_one_line_from_the_cli(tmp_path):
     out = tmp_path / "run"
     args = ["debug=tiny", "method=shortgpt", "prune.target=params", "prune.ratio=0.9", f"output_dir={out}"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "loraprune", *args],
-        cwd=tmp_path,
-        env=OFFLINE_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = cli(*args, cwd=tmp_path)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("loraprune: error: depth pruning:") and "would remove every layer" in last, (
