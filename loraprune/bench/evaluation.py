@@ -15,10 +15,9 @@ from loraprune.evaluation.zeroshot import ZeroShotSpec, evaluate_zeroshot
 
 
 def _ppl_time(model: nn.Module, ids: torch.Tensor, seq_len: int, batch: int, chunk_tokens: int) -> float:
-    windows = ids.numel() // seq_len
     perplexity(model, ids[: batch * seq_len], seq_len, None, batch, "warm-up", chunk_tokens)
     start = time.perf_counter()
-    perplexity(model, ids, seq_len, windows, batch, "ppl speed", chunk_tokens)
+    perplexity(model, ids, seq_len, None, batch, "ppl speed", chunk_tokens)
     return time.perf_counter() - start
 
 

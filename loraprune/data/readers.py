@@ -18,6 +18,7 @@ from loraprune.data.embedded_corpora import (
 from loraprune.data.errors import first_line
 from loraprune.data.hub import HubSource
 from loraprune.data.mirror import MIRROR_ENV, MirrorPath, load_from_mirror, mirror_root
+from loraprune.data.sources import MIXED_PARTS
 
 OFFLINE_HINT = (
     f"offline? set {MIRROR_ENV} to a local mirror of the hub, "
@@ -100,8 +101,8 @@ def embedded_docs(name: str, side: str, holdout_val: bool = False) -> list[str]:
     if side not in ("test", "finetune", "validation"):
         raise ValueError(f"split of {name!r} must be 'test', 'finetune' or 'validation', got {side!r}")
     if name == "mixed_embedded":
-        wiki = embedded_docs("wiki_embedded", side, holdout_val)
-        return mixed_docs(wiki, embedded_docs("news_embedded", side, holdout_val))
+        wiki, news = (embedded_docs(part, side, holdout_val) for part in MIXED_PARTS)
+        return mixed_docs(wiki, news)
     if name != "wiki_embedded":
         if side == "test":
             return embedded_news_split()[1]
@@ -121,9 +122,12 @@ def mixed_docs(wiki: list[str], news: list[str]) -> list[str]:
     (its leading blocks, as long as that news document), so each domain gives about half the text."""
     out: list[str] = []
     for doc, article in zip(news, itertools.cycle(wiki or [""])):
-        blocks, excerpt = article.split("\n\n"), []
-        while blocks and sum(map(len, excerpt)) < len(doc):
-            excerpt.append(blocks.pop(0))
+        excerpt, length = [], 0
+        for block in article.split("\n\n"):
+            if length >= len(doc):
+                break
+            excerpt.append(block)
+            length += len(block)
         out += [doc] + (["\n\n".join(excerpt)] if excerpt else [])
     return out
 

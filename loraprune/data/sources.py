@@ -41,16 +41,17 @@ DOMAIN_SOURCES = {
 """Evaluation-only sets of other domains (:mod:`loraprune.data.domain_corpora`): ``(set, side)``."""
 EVAL_ONLY_SOURCES = (*EMBEDDED_VALIDATION, *DOMAIN_SOURCES)
 
+FILE_EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
+KINDS = ("auto", "text", "instruction")
+HEAD_BYTES = 1 << 16
+"""Bytes of a text file read by the checks (the whole file when it is smaller)."""
+
 
 def finetune_corpora(name: str) -> tuple[str, ...]:
     """The embedded corpora whose fine-tune side ``name`` fine-tunes on (none for other sources)."""
     if name == "mixed_embedded":
         return MIXED_PARTS
     return (name,) if name in EMBEDDED_SOURCES else ()
-FILE_EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
-KINDS = ("auto", "text", "instruction")
-HEAD_BYTES = 1 << 16
-"""Bytes of a text file read by the checks (the whole file when it is smaller)."""
 
 
 def file_path(name: str) -> Path | None:

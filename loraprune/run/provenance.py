@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -48,8 +49,6 @@ def hardware(device: torch.device | str | None = None) -> str:
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(dev)
-    import os
-
     return f"{cpu_name()} ({os.cpu_count()} cores)"
 
 
