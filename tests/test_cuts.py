@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
+from loraprune.core.structure import Geometry
 from loraprune.report.cuts import CutProfile, cut_table, profile_from_metrics
 
-SMOLLM2 = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64}
+SMOLLM2 = Geometry(
+    num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=64, intermediate_size=1536
+)
 
 
 def test_unit_parameters_match_the_smollm2_geometry():

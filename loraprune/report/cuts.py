@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from loraprune.core.budget import params_per_unit
+from loraprune.core.structure import Geometry
+
 
 @dataclass(frozen=True)
 class CutProfile:
@@ -32,20 +35,16 @@ class CutProfile:
         return kv / (kv + mlp) if kv + mlp else 0.0
 
 
-def profile_from_metrics(label: str, metrics: dict[str, Any], config: dict[str, Any]) -> CutProfile:
-    """A run's :class:`CutProfile` from its ``metrics.json`` and the model geometry in ``config``
-    (``hidden_size``, ``num_attention_heads``, ``num_key_value_heads``, ``head_dim`` or derived).
+def profile_from_metrics(label: str, metrics: dict[str, Any], geo: Geometry) -> CutProfile:
+    """A run's :class:`CutProfile` from its ``metrics.json`` and the model's geometry (the parameters of
+    a KV group and of an MLP channel as :func:`loraprune.core.budget.params_per_unit` counts them).
 
     Raises:
-        KeyError: The run has no ``kept_per_layer`` (an N:M run) or the config lacks a field.
+        KeyError: The run has no ``kept_per_layer`` (an N:M run).
     """
-    hidden = int(config["hidden_size"])
-    heads, kv_heads = int(config["num_attention_heads"]), int(config["num_key_value_heads"])
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    per_kv = heads // kv_heads
-    kv_params = per_kv * head_dim * hidden * 2 + head_dim * hidden * 2  # q rows + o cols, k and v rows
+    per = params_per_unit(geo, "kv_group")
     kept = {int(i): (int(v["kv_heads"]), int(v["channels"])) for i, v in metrics["kept_per_layer"].items()}
-    return CutProfile(label, kept, kv_params, 3 * hidden)
+    return CutProfile(label, kept, per["attn"], per["mlp"])
 
 
 def cut_table(profiles: Sequence[CutProfile], full: tuple[int, int]) -> str:

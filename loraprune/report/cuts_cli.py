@@ -12,12 +12,13 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
+from loraprune.core.structure import Geometry
 from loraprune.report.cuts import cut_table, profile_from_metrics
 from loraprune.run.config import ModelConfig
 from loraprune.run.models import load_config, model_path
 
 
-def _label(run_dir: Path, metrics: dict) -> str:
+def _label(metrics: dict) -> str:
     run = metrics.get("run", {})
     selection = f" ({run['selection']})" if run.get("selection") else ""
     return f"{run.get('method')}{selection} r{run.get('ratio')} s{run.get('seed')}"
@@ -28,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="compare_cuts", description=__doc__)
     ap.add_argument("run_dirs", type=Path, nargs="+", help="run (or registry) directories")
     args = ap.parse_args(argv)
-    profiles, geometry = [], None
+    profiles = []
     for run_dir in args.run_dirs:
         try:
             metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -37,8 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"compare_cuts: error: {run_dir}: {err}", file=sys.stderr)
             return 2
         m = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), model))
-        config = load_config(m.source, model_path(m), m.tiny, m.revision).to_dict()
-        profiles.append(profile_from_metrics(_label(run_dir, metrics), metrics, config))
-        geometry = (int(config["num_key_value_heads"]), int(config["intermediate_size"]))
-    print(cut_table(profiles, geometry), end="")
+        geo = Geometry.from_config(load_config(m.source, model_path(m), m.tiny, m.revision))
+        profiles.append(profile_from_metrics(_label(metrics), metrics, geo))
+    print(cut_table(profiles, (geo.num_kv_heads, geo.intermediate_size)), end="")
     return 0
