@@ -61,6 +61,8 @@ def provenance(command: str, device: torch.device | str | None = None) -> dict[s
         "dirty": git_dirty(),
         "command": command,
         "hardware": hardware(device),
+        # CPU reductions (and so masks chosen by a small margin) depend on the intra-op thread count
+        "torch_threads": torch.get_num_threads(),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
