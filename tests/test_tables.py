@@ -742,6 +742,26 @@ def test_a_selection_other_than_the_methods_own_is_named_alone(tmp_path):
     assert labels == ["Dense", "Wanda-sp (budget)", "LoRA + mask Fisher"]
 
 
+def test_runs_on_other_fine_tune_data_are_not_averaged_with_the_defaults_seeds(tmp_path):
+    for name, data, seed, ppl in (
+        ("wiki42", "wiki_embedded", 42, 20.0),
+        ("wiki1", "wiki_embedded", 1, 22.0),
+        ("mixed42", "mixed_embedded", 42, 30.0),
+    ):
+        d = write_run(tmp_path, name, method="mask_fisher", ratio=0.2, ppl=ppl, zeroshot=None, seed=seed)
+        metrics = json.loads((d / "metrics.json").read_text())
+        metrics["run"]["data"] = data
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    rows = collect_rows(tmp_path)
+    assert [r.label for r in rows] == [
+        "Dense",
+        "LoRA + mask Fisher (data mixed_embedded)",
+        "LoRA + mask Fisher (data wiki_embedded, n=2)",
+    ]
+    assert [r.n_runs for r in rows[1:]] == [1, 2]
+    assert rows[2].ppl["wiki_embedded"] == pytest.approx(21.0)  # the two Wikipedia seeds only
+
+
 def test_cli_reference_errors_are_one_line(tmp_path, capsys):
     _pair_fixture(tmp_path)
     assert main([str(tmp_path), "--paper", "none", "--reference", "sparsegpt"]) == 2

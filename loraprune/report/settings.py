@@ -1,4 +1,5 @@
-"""The settings a reader needs to tell rows apart (selection, recovery steps, distillation, reconstruction).
+"""The settings a reader needs to tell rows apart (selection, recovery steps, distillation, reconstruction,
+fine-tune data).
 
 Each run's settings are read from its ``metrics.json`` ``run`` block, else from the resolved
 ``config.yaml`` beside it. Runs that differ in any of them are never averaged together (only seeds are),
@@ -13,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 # the settings, in label order
-SETTINGS = ("selection", "steps", "distill", "reconstruction")
+SETTINGS = ("selection", "steps", "distill", "reconstruction", "data")
 
 
 def _get(tree: dict[str, Any] | None, dotted: str) -> Any:
@@ -57,11 +58,18 @@ def _reconstruction(run: dict[str, Any], config: dict[str, Any] | None) -> str |
     return "reconstruction" if value is True else f"reconstruction {value}"
 
 
+def _data(run: dict[str, Any], config: dict[str, Any] | None) -> str | None:
+    """The fine-tune (and calibration) text: a run on mixed-domain text is not a seed of a Wikipedia run."""
+    value = run.get("data") or _get(config, "data.name")
+    return None if value is None else f"data {value}"
+
+
 _READERS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], str | None]] = {
     "selection": _selection,
     "steps": _steps,
     "distill": _distill,
     "reconstruction": _reconstruction,
+    "data": _data,
 }
 
 
