@@ -24,11 +24,13 @@ def test_bench_produces_every_figure_at_tiny_size(tmp_path, capsys):
     assert result["machine"]["date"] and result["machine"]["cores"] >= 1
     # 1 and 2: one process per variant, each with its own peak above its own loaded model
     loops = result["loops"]
-    assert list(loops) == ["lora", "loraprune", "grad", "llm_pruner", "mask_fisher"]
+    assert list(loops) == ["lora", "loraprune", "grad", "llm_pruner", "peft", "mask_fisher"]
     for run in loops.values():
         assert run["rss_baseline_gib"] > 0 and run["cpu_peak_rss_gib"] >= run["rss_baseline_gib"]
         assert run["tokens_per_s"] > 0 and set(run["phase_s"]) == set(PHASES)
     assert loops["lora"]["phase_s"]["scoring"] < loops["grad"]["step_s"]  # no pruner: nothing scored
+    # plain peft: none of the project's phases, only forward, backward and optimizer
+    assert {p for p, t in loops["peft"]["phase_s"].items() if t > 0} == {"forward", "backward", "optimizer"}
     # 3: dense and the two pruned models, smaller in parameters and FLOPs
     rows = result["inference"]["rows"]
     assert [r["ratio"] for r in rows] == [0.0, 0.2, 0.5]
@@ -43,6 +45,7 @@ def test_bench_produces_every_figure_at_tiny_size(tmp_path, capsys):
         assert f"### {title}" in markdown
     assert "loraprune / grad" in markdown and "loraprune / llm_pruner" in markdown
     assert "loraprune / lora tokens/s" in markdown
+    assert "mask_fisher / plain peft tokens/s" in markdown and "lora / plain peft tokens/s" in markdown
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from loraprune.bench.process import run_isolated
 
 FIGURES = ("memory", "loop", "inference", "eval")
 MEMORY_VARIANTS = ("lora", "loraprune", "grad", "llm_pruner")
-LOOP_VARIANTS = ("lora", "loraprune", "mask_fisher")
+LOOP_VARIANTS = ("peft", "lora", "loraprune", "mask_fisher")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

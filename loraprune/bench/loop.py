@@ -1,12 +1,15 @@
 """Peak memory, tokens/s and where the time goes in the fine-tune-and-prune loop, for one variant, in
 this process.
 
-Variants: ``lora`` (plain peft LoRA fine-tuning, no pruner: the reference), ``llm_pruner`` (LLM-Pruner's
-scoring: ∂L/∂W over its calibration samples, one-shot at step 0, then LoRA recovery) and any iterative
-criterion (``loraprune``, ``grad``, ...) on the cubic schedule. The loop is the project's own
-(:func:`loraprune.run.train.finetune`); phases are timed around it from the outside: forward (a hook on
-the model), backward (to the end of accumulation), scoring (``pruner.observe``), optimizer (clipping,
-AdamW, scheduler), mask updates (``pruner.step``) and data (collation before the next forward).
+Variants: ``peft`` (plain peft LoRA in the simplest loop a user would write: ``get_peft_model`` with
+the project's default LoRA config and peft's own dropout, forward with labels, backward, clipping,
+AdamW; none of the project's code), ``lora`` (the same LoRA through the project's loop, no pruner),
+``llm_pruner`` (LLM-Pruner's scoring: ∂L/∂W over its calibration samples, one-shot at step 0, then
+LoRA recovery) and any iterative criterion (``loraprune``, ``grad``, ...) on the cubic schedule. The
+loop is the project's own (:func:`loraprune.run.train.finetune`); phases are timed around it from the
+outside: forward (a hook on the model), backward (to the end of accumulation), scoring
+(``pruner.observe``), optimizer (clipping, AdamW, scheduler), mask updates (``pruner.step``) and data
+(collation before the next forward).
 
 ``python -m loraprune.bench.loop --model shape:llama_7b --dtype bf16 --method loraprune --steps 20`` prints
 one JSON line (used by :mod:`loraprune.bench.gpu_check`); :mod:`loraprune.bench.cli` runs every variant in a
@@ -32,7 +35,8 @@ from loraprune.run.adapters import add_lora
 from loraprune.run.config import LoraConfig, TrainerConfig
 from loraprune.run.train import PruningHooks, StepHooks, finetune
 
-LORA_ONLY = "lora"  # plain LoRA fine-tuning, no pruner: the reference loop
+LORA_ONLY = "lora"  # LoRA fine-tuning in the project's loop, no pruner
+PLAIN_PEFT = "peft"  # LoRA fine-tuning in a user's plain loop: the reference the default's loop is held to
 ONE_SHOT = ("llm_pruner",)  # scored once on calibration samples before step 0
 PHASES = ("data", "forward", "backward", "scoring", "optimizer", "masks")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -129,6 +133,82 @@ def measure_loop(
         "prepare_s": prepare_s,
         **memory,
         **timer.summary(),
+    }
+
+
+def measure_plain_peft(
+    model, *, steps: int, batch: int, seq_len: int, device: str = "cpu", dropout: float | None = None
+) -> dict[str, Any]:
+    """Plain peft LoRA fine-tuning of ``model``: the simplest loop (forward with labels, backward, clip
+    to 1.0, AdamW), the project's default LoRA config with peft's own dropout (``dropout`` overrides it),
+    no project code in the step. Same figures as :func:`measure_loop` (data and scoring and masks 0)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    lora = LoraConfig()
+    samples = random_samples(model.config.vocab_size, max(batch * 2, 10), seq_len)
+    ids = torch.tensor([s["input_ids"] for s in samples], device=device)
+    touch_weights(model)
+    peak = Peak(device)
+    peak.start()
+    started = time.perf_counter()
+    peft_cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout if dropout is None else dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, peft_cfg)
+    peft_model.train()
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=3e-4, weight_decay=0.0)
+    prepare_s = time.perf_counter() - started
+    cuda = device.startswith("cuda")
+    steps_s: list[dict[str, float]] = []
+    counters = [cpu_counters()]
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    for step in range(steps):
+        rows = torch.arange(step * batch, (step + 1) * batch) % ids.shape[0]
+        x = ids[rows]
+        t0 = now()
+        loss = peft_model(input_ids=x, labels=x).loss
+        t1 = now()
+        loss.backward()
+        t2 = now()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t3 = now()
+        phases = dict.fromkeys(PHASES, 0.0)
+        phases.update(forward=t1 - t0, backward=t2 - t1, optimizer=t3 - t2)
+        steps_s.append(phases)
+        counters.append(cpu_counters())
+    memory = peak.stop()
+    timed = steps_s[1:] or steps_s
+    n = len(timed)
+    phase_s = {p: sum(s[p] for s in timed) / n for p in PHASES}
+    first = 1 if len(steps_s) > 1 else 0
+    per_step = {k: (counters[-1][k] - counters[first][k]) / n for k in counters[0]}
+    return {
+        "method": PLAIN_PEFT,
+        "steps": steps,
+        "tokens_per_step": batch * seq_len,
+        "tokens_per_s": batch * seq_len / sum(phase_s.values()),
+        "prepare_s": prepare_s,
+        **memory,
+        "step_s": sum(phase_s.values()),
+        "phase_s": phase_s,
+        "cpu_user_s_per_step": per_step["user_s"],
+        "cpu_sys_s_per_step": per_step["sys_s"],
+        "minor_faults_per_step": per_step["minor_faults"],
+        "timed_steps": n,
     }
 
 
@@ -230,16 +310,19 @@ def run_variant(
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     loaded, _, weights = load(model, dtype, device, layers, quantize)
-    result = measure_loop(
-        loaded,
-        method,
-        steps=steps,
-        batch=batch,
-        seq_len=seq_len,
-        ratio=ratio,
-        device=device,
-        gradient_checkpointing=gradient_checkpointing,
-    )
+    if method == PLAIN_PEFT:
+        result = measure_plain_peft(loaded, steps=steps, batch=batch, seq_len=seq_len, device=device)
+    else:
+        result = measure_loop(
+            loaded,
+            method,
+            steps=steps,
+            batch=batch,
+            seq_len=seq_len,
+            ratio=ratio,
+            device=device,
+            gradient_checkpointing=gradient_checkpointing,
+        )
     return {
         "model": model,
         "weights": weights,

@@ -97,6 +97,13 @@ def loop_lines(loops: dict[str, dict], settings: dict) -> list[str]:
     if "loraprune" in loops and "lora" in loops:
         ratio = loops["loraprune"]["tokens_per_s"] / loops["lora"]["tokens_per_s"]
         lines.append(f"- loraprune / lora tokens/s: **{ratio:.3f}** — {_verdict(ratio, LOOP_TARGET)}")
+    if "peft" in loops:  # plain peft LoRA in a user's own loop: the reference of the loop's target
+        for variant, r in loops.items():
+            if variant != "peft":
+                ratio = r["tokens_per_s"] / loops["peft"]["tokens_per_s"]
+                lines.append(
+                    f"- {variant} / plain peft tokens/s: **{ratio:.3f}** — {_verdict(ratio, LOOP_TARGET)}"
+                )
     return [*lines, ""]
 
 
