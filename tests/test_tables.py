@@ -762,6 +762,16 @@ def test_runs_on_other_fine_tune_data_are_not_averaged_with_the_defaults_seeds(t
     assert rows[2].ppl["wiki_embedded"] == pytest.approx(21.0)  # the two Wikipedia seeds only
 
 
+def test_rows_differing_in_reconstruction_say_so(tmp_path):
+    for name, reconstruct, ppl in (("plain", "none", 30.0), ("ls", "least_squares", 28.0)):
+        d = write_run(tmp_path, name, method="wanda_sp", ratio=0.2, ppl=ppl, zeroshot=None)
+        metrics = json.loads((d / "metrics.json").read_text())
+        metrics["run"]["reconstruct"] = reconstruct
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    labels = sorted(r.label for r in collect_rows(tmp_path))
+    assert labels == ["Dense", "Wanda-sp (no reconstruction)", "Wanda-sp (reconstruction least_squares)"]
+
+
 def test_cli_reference_errors_are_one_line(tmp_path, capsys):
     _pair_fixture(tmp_path)
     assert main([str(tmp_path), "--paper", "none", "--reference", "sparsegpt"]) == 2

@@ -50,7 +50,8 @@ def _distill(run: dict[str, Any], config: dict[str, Any] | None) -> str | None:
 
 
 def _reconstruction(run: dict[str, Any], config: dict[str, Any] | None) -> str | None:
-    value = run.get("reconstruction")
+    """``run.reconstruct`` (prune.reconstruct in force; older runs: ``reconstruction``)."""
+    value = run.get("reconstruct", run.get("reconstruction"))
     if value is None:
         return None
     if value in (False, "", "none", "off"):
