@@ -15,6 +15,7 @@ from loraprune.core.lora import LoraTensors, lora_tensors
 from loraprune.criteria.base import Criterion, Needs, NoOptions
 from loraprune.criteria.depth import BlockInfluenceCriterion, RemovalPerplexityCriterion
 from loraprune.criteria.flap import FlapCriterion, FlapOptions
+from loraprune.criteria.kwon import KwonCriterion, KwonOptions
 from loraprune.criteria.llm_pruner import LLMPrunerCriterion, LLMPrunerOptions
 from loraprune.criteria.lora_grad import LoraGradCriterion, LoraGradOptions, estimated_weight_grad
 from loraprune.criteria.magnitude import MagnitudeCriterion
@@ -40,6 +41,7 @@ CRITERIA: dict[str, type[Criterion]] = {
         WandaCriterion,
         SparseGPTCriterion,
         FlapCriterion,
+        KwonCriterion,
         BlockInfluenceCriterion,
         RemovalPerplexityCriterion,
     )
@@ -87,6 +89,8 @@ __all__ = [
     "Criterion",
     "FlapCriterion",
     "FlapOptions",
+    "KwonCriterion",
+    "KwonOptions",
     "L1Criterion",
     "L2Criterion",
     "LLMPrunerCriterion",

@@ -17,7 +17,9 @@ of CASIA-IVA-Lab/FLAP. Three parts, retraining-free as published:
   equation).
 * **Bias compensation** (``options.bias``): the removed channels' mean contribution
   ``W[:, removed] @ mean(X[removed])`` becomes a bias of ``o_proj`` / ``down_proj``
-  (:mod:`loraprune.core.compensation`; :meth:`FlapCriterion.input_means` gives the means).
+  (:mod:`loraprune.core.compensation`; :meth:`FlapCriterion.input_means` gives the means). It is
+  ``prune.reconstruct=bias`` (FLAP's default; ``options.bias=false`` makes the default ``none``, and an
+  explicit ``prune.reconstruct`` wins: e.g. ``least_squares`` with FLAP's scores).
 
 Differences from the reference: statistics come from one pass of the unpruned model (the reference feeds
 each layer the outputs of the previous, also unpruned, layers: the same), and the variance is the exact
@@ -166,6 +168,12 @@ class FlapCriterion(Criterion):
         )
         count = torch.bincount(sl.unit_of_channel[owned], minlength=kind.num_units).double()
         return (total / count).float()
+
+    @property
+    def gives_input_means(self) -> bool:
+        """Whether it hands its means over for bias compensation (``options.bias``): then the pruner's
+        default reconstruction is ``bias`` and it needs no calibration pass of its own."""
+        return self.options.bias
 
     def input_means(self, module: nn.Module) -> torch.Tensor | None:
         """The calibration mean of each input channel of ``module`` (for bias compensation), or ``None``

@@ -59,11 +59,12 @@ class _InputGradients:
     def __init__(self, module: nn.Module) -> None:
         self.pending: list[torch.Tensor] = []  # this micro-batch's, filled by the backward
         self.step: list[torch.Tensor] = []  # the step's micro-batches so far
+        self.calibrating = False  # also outside training mode (a calibration backward in eval mode)
         self.handle = module.register_forward_pre_hook(self._forward_pre_hook)
 
     def _forward_pre_hook(self, module: nn.Module, args: tuple) -> None:
         x = args[0]
-        if module.training and torch.is_grad_enabled() and x.requires_grad:
+        if (module.training or self.calibrating) and torch.is_grad_enabled() and x.requires_grad:
             x.register_hook(self._gradient_hook(x.detach()))
 
     def _gradient_hook(self, x: torch.Tensor):
@@ -125,6 +126,13 @@ class MaskFisherCriterion(Criterion):
             state.fold_micro_batch()
 
     def unit_scores(self, layer: nn.Module, kind: GroupKind) -> torch.Tensor:
+        per_unit = self.unit_gradients(layer, kind)
+        if self.options.estimate == "fisher":
+            return self._sum_over_processes(per_unit.square().sum(0))
+        return self._sum_over_processes(per_unit.sum(0)).abs()
+
+    def unit_gradients(self, layer: nn.Module, kind: GroupKind) -> torch.Tensor:
+        """This step's mask gradients ``∂L/∂m_u`` (samples × units; this process's samples, float32)."""
         sl = masked_input_slice(kind)
         state = self._inputs.get(id(projection(layer, sl.module)))
         if state is None:
@@ -138,10 +146,7 @@ class MaskFisherCriterion(Criterion):
         owned = sl.unit_of_channel >= 0
         per_unit = torch.zeros(channels.shape[0], kind.num_units, dtype=torch.float32)
         per_unit.index_add_(1, sl.unit_of_channel[owned], channels[:, owned])
-        per_unit /= self._processes
-        if self.options.estimate == "fisher":
-            return self._sum_over_processes(per_unit.square().sum(0))
-        return self._sum_over_processes(per_unit.sum(0)).abs()
+        return per_unit / self._processes
 
     def channel_scores(self, module: nn.Module, dim: int) -> torch.Tensor | None:
         raise NotImplementedError("mask_fisher scores whole units (unit_scores), not channels")

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from loraprune.core import nm
-from loraprune.core.compensation import add_compensation_biases
+from loraprune.core.compensation import add_compensation_biases, apply_input_maps
 from loraprune.core.importance import MovingAverage
 from loraprune.core.lora import set_module_weight_grads
 from loraprune.core.plan import PruningPlan
+from loraprune.core.reconstruct import RECONSTRUCTIONS, InputMap
 from loraprune.core.structure import AttentionUnit, Geometry
 from loraprune.core.surgery import apply_plan, merge_lora
 from loraprune.criteria.base import Criterion
@@ -50,7 +51,10 @@ class PrunerSettings:
     criterion's defaults); ``calibration_batches`` training micro-batches feed the moving average before
     the first step (one at least for a gradient criterion pruning one-shot). ``layers``: the whole
     decoder layers a depth cut removes (a layer criterion; ``ratio`` is then their fraction of the
-    prunable layers).
+    prunable layers). ``reconstruct``: how removed units are compensated (``none`` | ``bias`` |
+    ``least_squares`` | ``scales``, :mod:`loraprune.core.reconstruct`; ``None``: the criterion's own, i.e.
+    FLAP's bias where it gives means), ``reconstruct_damp`` its damping (a fraction of mean diag of the Gram).
+    ``round_to``: every kept width a multiple of it (:mod:`loraprune.core.rounding`; ``None``: as selected).
     """
 
     ratio: float = 0.0
@@ -69,8 +73,15 @@ class PrunerSettings:
     calibration_seq_len: int | None = None
     calibration_batches: int = 0
     layers: int = 0
+    reconstruct: str | None = None
+    reconstruct_damp: float = 0.01
+    round_to: int | None = None
 
     def __post_init__(self) -> None:
+        if self.round_to is not None and self.round_to < 1:
+            raise ValueError(f"prune.round_to must be a positive integer or null, got {self.round_to}")
+        if self.reconstruct is not None and self.reconstruct not in RECONSTRUCTIONS:
+            raise ValueError(f"prune.reconstruct must be one of {RECONSTRUCTIONS}, got {self.reconstruct!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"prune.selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.prune_freq < 1:
@@ -81,7 +92,8 @@ class PrunerSettings:
 class PruneResult:
     """What a finished pruner leaves: the kept groups (all of them for N:M, or the removed layers of a
     depth cut), the N:M keep masks, for bias compensation the calibration means of the inputs of each
-    ``(layer, kind)``'s ``o_proj`` / ``down_proj`` (see :mod:`loraprune.core.compensation`), and a depth
+    ``(layer, kind)``'s ``o_proj`` / ``down_proj`` (see :mod:`loraprune.core.compensation`), the fixed
+    reconstruction maps of ``least_squares`` / ``scales`` (:mod:`loraprune.core.reconstruct`), and a depth
     cut's score of every prunable layer (base-model indices)."""
 
     plan: PruningPlan
@@ -89,6 +101,7 @@ class PruneResult:
     pattern: str | None = None
     input_means: dict[tuple[int, str], torch.Tensor] | None = None
     layer_scores: dict[int, float] | None = None
+    input_maps: dict[tuple[int, str], InputMap] | None = None
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Merge LoRA (through the N:M masks, so the pattern stays exact), add the compensation biases and
@@ -98,6 +111,8 @@ class PruneResult:
             param.requires_grad_(False)
         if self.input_means:
             add_compensation_biases(merged, self.plan, self.input_means)
+        if self.input_maps:
+            apply_input_maps(merged, self.plan, maps=self.input_maps)
         return apply_plan(merged, self.plan)
 
 

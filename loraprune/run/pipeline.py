@@ -231,6 +231,7 @@ def describe_run(plan: RunPlan, steps: int, model) -> dict[str, Any]:
             "data": cfg.data.name,
             "seed": cfg.trainer.seed,
             "selection": plan.pruner.selection if plan.pruner.pattern is None else None,
+            "reconstruct": plan.pruner.reconstruct,
         },
         "eval": {"seq_len": cfg.eval.seq_len, "max_windows": cfg.eval.max_windows, "sets": cfg.eval.ppl_sets},
         "params": {"total_before": count_parameters(model), "decoder_before": decoder_parameters(model)},

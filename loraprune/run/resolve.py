@@ -9,6 +9,7 @@ maximum sequence length, and checks the run directory.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,8 +99,10 @@ def validate(cfg: LoraPruneConfig) -> None:
     _validate_prune(cfg)
     _validate_method(cfg)
     _validate_training(cfg)
+    _validate_counts(cfg)
     _validate_sources(cfg)
     _validate_quantize(cfg)
+    _validate_reconstruct(cfg)
 
 
 def _validate_quantize(cfg: LoraPruneConfig) -> None:
@@ -155,6 +158,15 @@ def _validate_prune(cfg: LoraPruneConfig) -> None:
     _check(
         p.layer_range is None or p.exclude_layers is None,
         "set either prune.exclude_layers or prune.layer_range, not both",
+    )
+    _check(
+        p.round_to is None or (isinstance(p.round_to, int) and p.round_to >= 1),
+        f"prune.round_to must be a positive integer (32: q4_0/q8_0 blocks, 256: K-quants) or null, "
+        f"got {p.round_to!r}",
+    )
+    _check(
+        p.round_to is None or (p.pattern is None and not is_depth(cfg)),
+        "prune.round_to rounds kept heads and channels; N:M patterns and depth cuts keep every width",
     )
 
 
@@ -315,6 +327,49 @@ def _validate_training(cfg: LoraPruneConfig) -> None:
     )
 
 
+def _validate_counts(cfg: LoraPruneConfig) -> None:
+    """Counts, sizes and rates a newcomer can get wrong that no other check covers (zero or negative)."""
+    lora, t, p, zs = cfg.lora, cfg.trainer, cfg.prune, cfg.eval.zeroshot
+    _check(lora.alpha > 0, f"lora.alpha must be > 0 (LoRA's update is scaled by alpha / r), got {lora.alpha}")
+    _check(0 <= lora.dropout < 1, f"lora.dropout must be in [0, 1), got {lora.dropout}")
+    _check(bool(lora.target_modules), f"lora.target_modules is empty; choose from {list(ALL_PROJECTIONS)}")
+    _check(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
+    _check(t.epochs is None or t.epochs > 0, f"trainer.epochs must be > 0 or null, got {t.epochs}")
+    _check(t.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0, got {t.warmup_steps}")
+    _check(t.max_grad_norm > 0, f"trainer.max_grad_norm must be > 0, got {t.max_grad_norm}")
+    _check(t.weight_decay >= 0, f"trainer.weight_decay must be >= 0, got {t.weight_decay}")
+    if t.device != "auto":
+        try:
+            torch.device(t.device)
+        except RuntimeError:
+            message = f"unknown trainer.device {t.device!r}; expected auto, cpu, cuda or cuda:N"
+            raise ConfigError(message) from None
+    _check(p.at_step >= 0, f"prune.at_step must be >= 0, got {p.at_step}")
+    _check(
+        0 <= p.exclude_first_fraction < 1,
+        f"prune.exclude_first_fraction must be in [0, 1), got {p.exclude_first_fraction}",
+    )
+    _check(p.exclude_last >= 0, f"prune.exclude_last must be >= 0, got {p.exclude_last}")
+    every = cfg.logger.console_every
+    _check(every >= 1, f"logger.console_every must be >= 1, got {every}")
+    if zs.enabled:
+        _check(zs.limit is None or zs.limit > 0, f"eval.zeroshot.limit must be > 0 or null, got {zs.limit}")
+        _check(zs.batch_size >= 1, f"eval.zeroshot.batch_size must be >= 1, got {zs.batch_size}")
+        _check(zs.num_fewshot >= 0, f"eval.zeroshot.num_fewshot must be >= 0, got {zs.num_fewshot}")
+        _check(bool(zs.tasks), "eval.zeroshot.tasks is empty (or set eval.zeroshot.enabled=false)")
+    if cfg.model.source == "tiny":
+        tiny = cfg.model.tiny
+        names = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
+        sizes = {k: getattr(tiny, k) for k in names}
+        bad = [f"{k}={v}" for k, v in sizes.items() if v < 1]
+        _check(not bad, f"model.tiny sizes must be >= 1, got {', '.join(bad)}")
+        _check(
+            tiny.hidden_size % tiny.num_heads == 0 and tiny.num_heads % tiny.num_kv_heads == 0,
+            f"model.tiny: hidden_size ({tiny.hidden_size}) must be a multiple of num_heads "
+            f"({tiny.num_heads}), and num_heads of num_kv_heads ({tiny.num_kv_heads})",
+        )
+
+
 def _validate_sources(cfg: LoraPruneConfig) -> None:
     try:
         device = resolve_device(cfg.trainer.device)
@@ -323,7 +378,7 @@ def _validate_sources(cfg: LoraPruneConfig) -> None:
         raise MachineError(str(e)) from e
     try:
         model_location(cfg.model.source, model_path(cfg.model))
-        data.validate_finetune_source(cfg.data.name, kind=cfg.data.kind, mirror=cfg.data.mirror)
+        data.validate_finetune_spec(cfg.data, mirror=cfg.data.mirror)
         for name in cfg.eval.ppl_sets:
             data.validate_eval_source(name, mirror=cfg.data.mirror)
     except (ValueError, FileNotFoundError) as e:
@@ -365,6 +420,11 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
         f"eval.seq_len {cfg.eval.seq_len} exceeds the model's maximum positions ({max_len})",
     )
     excluded = excluded_layers(cfg, geo)
+    _check(
+        len(excluded) < geo.num_layers or not (p.ratio or p.pattern),
+        f"every one of the model's {geo.num_layers} layers is excluded from pruning (prune.exclude_layers / "
+        "exclude_first_fraction / exclude_last / layer_range): nothing is left to prune",
+    )
     total, attention_bias, layer_params = _parameter_count(config)
     ratio, depth = p.ratio or 0.0, 0
     try:
@@ -413,6 +473,51 @@ def check_option_keys(criterion: str, keys: Iterable[str]) -> None:
     )
 
 
+def effective_reconstruct(cfg: LoraPruneConfig) -> str:
+    """``prune.reconstruct``, or the method's own when it is null (``none`` where FLAP's
+    ``options.bias=false``)."""
+    if cfg.prune.reconstruct is not None:
+        return cfg.prune.reconstruct
+    if cfg.method.criterion == "flap" and not getattr(cfg.method.options, "bias", True):
+        return "none"
+    return cfg.method.reconstruct
+
+
+def _validate_reconstruct(cfg: LoraPruneConfig) -> None:
+    """Reconstruction compensates removed units: only a structured method that removes heads / channels
+    has any (not an N:M pattern, not a depth cut)."""
+    from loraprune.core.reconstruct import RECONSTRUCTIONS
+
+    for name, value in (
+        ("prune.reconstruct", cfg.prune.reconstruct),
+        ("method.reconstruct", cfg.method.reconstruct),
+    ):
+        _check(
+            value is None or value in RECONSTRUCTIONS,
+            f"{name} must be {' / '.join(RECONSTRUCTIONS)}, got {value!r}",
+        )
+    _check(
+        cfg.prune.reconstruct_damp >= 0,
+        f"prune.reconstruct_damp must be >= 0, got {cfg.prune.reconstruct_damp}",
+    )
+    mode = effective_reconstruct(cfg)
+    if mode == "none":
+        return
+    what = f"method={cfg.method.name}"
+    if cfg.prune.pattern is not None:
+        what += f" with prune.pattern {cfg.prune.pattern!r} (N:M sparsity)"
+    elif is_depth(cfg):
+        what += " (a depth cut: whole decoder layers)"
+    else:
+        return
+    _check(
+        False,
+        f"prune.reconstruct={mode}: {what} removes no heads or channels to compensate; reconstruct "
+        "applies to structured pruning of attention units and MLP channels only (leave prune.reconstruct "
+        "null or none)",
+    )
+
+
 def effective_selection(cfg: LoraPruneConfig) -> str:
     """``prune.selection``, or the method's own choice when it is null."""
     return cfg.prune.selection or cfg.method.selection
@@ -439,6 +544,9 @@ def _pruner_settings(
         calibration_seq_len=m.calibration.seq_len,
         calibration_batches=m.calibration.batches,
         layers=layers,
+        reconstruct=effective_reconstruct(cfg) if p.pattern is None and not is_depth(cfg) else None,
+        reconstruct_damp=p.reconstruct_damp,
+        round_to=p.round_to,
     )
 
 
@@ -515,13 +623,22 @@ def check_run_dir(cfg: LoraPruneConfig) -> Path:
             f"resume=true: {run_dir} holds a run of another config ({', '.join(diff[:4])} differ); "
             "use the same settings, another output_dir, or overwrite=true",
         )
-    existing = next((d for d in (run_dir, *run_dir.parents) if d.exists()), None)
+    check_creatable(run_dir, "run directory")
+    return run_dir
+
+
+def check_creatable(directory: Path, what: str = "directory") -> None:
+    """Refuse ``directory`` if it is not a directory and cannot be made. Probes its nearest existing
+    ancestor by making and removing an empty directory there: nothing is left behind."""
+    existing = next((d for d in (directory, *directory.parents) if d.exists()), None)
     _check(
         existing is not None and existing.is_dir(),
-        f"cannot create the run directory {run_dir}: {existing} is not a directory",
+        f"cannot create the {what} {directory}: {existing} is not a directory",
     )
-
-    _check(
-        os.access(existing, os.W_OK), f"cannot create the run directory {run_dir}: {existing} is read-only"
-    )
-    return run_dir
+    _check(os.access(existing, os.W_OK), f"cannot create the {what} {directory}: {existing} is read-only")
+    if existing == directory:
+        return
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".loraprune-probe-", dir=existing))
+    except OSError as e:
+        raise ConfigError(f"cannot create the {what} {directory}: {e.strerror} in {existing}") from None
