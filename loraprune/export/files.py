@@ -86,6 +86,8 @@ def nm_pattern(model: nn.Module, patterns: tuple[str, ...] = ("2:4",)) -> dict[s
         for i, layer in enumerate(layers):
             for name in ALL_PROJECTIONS:
                 weight = projection(layer, name).weight.detach()
+                if weight.numel() == 0:  # a projection pruned to nothing follows no pattern
+                    continue
                 nz = int((weight == 0).sum())
                 if nz >= weight.numel() * (1 - n / m) and is_nm_sparse(weight, n, m):
                     names.append(f"{i}.{name}")
