@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 import loraprune.run.quiet  # noqa: F401 - silences third-party import noise
+from loraprune.report.preflight import hydra_errors_raised, refuse
 from loraprune.report.sweep import last_outcome
 from loraprune.run.config import register_configs
 from loraprune.run.failure import first_line, write_failure
@@ -71,7 +74,13 @@ def _discard_hydra_only_run_dir() -> None:
 
 
 def main() -> None:
-    _main()
+    with hydra_errors_raised() as ours:  # Hydra's composition errors: one line, exit 2 (report.preflight)
+        try:
+            _main()
+        except (HydraException, OmegaConfBaseException) as e:
+            if not ours:
+                raise
+            refuse(e)
     outcome = last_outcome()  # a sweep's failed jobs went on recording; the launch as a whole failed
     if outcome is not None and outcome.failed:
         print(f"loraprune: error: {outcome.message()}", file=sys.stderr)

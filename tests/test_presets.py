@@ -1,9 +1,9 @@
 """Every preset and every README command composes, validates and runs (issue #9).
 
 The net: every option of every config group (``loraprune/conf/<group>/*.yaml``), every experiment preset
-and every ``loraprune ...`` line of the README's bash blocks (sweeps included, so a new README command
-is covered without touching this file) is composed, resolved as written (``resolve``: every check, the
-model's own config read, no weights) and run for two steps.
+and every ``loraprune ...`` line of the bash blocks of the README and docs/usage.md (sweeps included, so a
+new README command is covered without touching this file) is composed, resolved as written (``resolve``:
+every check, the model's own config read, no weights) and run for two steps.
 
 - README commands run through the real CLI (``python -m loraprune``), one process per command, a sweep
   with its jobs in that process; the processes run one after another in a background thread from the
@@ -80,14 +80,22 @@ NEEDS = {"method=sparsegpt": (("prune=nm",), "use prune=nm")}
 MAX_SWEEP_JOBS = 4
 
 
+COMMAND_DOCS = ("README.md", "docs/usage.md")  # the README and the usage guide its commands moved to
+
+
 def readme_commands() -> list[list[str]]:
-    """The arguments of every ``loraprune ...`` line in the README's ``bash`` blocks (comments dropped)."""
-    commands, in_bash = [], False
-    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            in_bash = not in_bash and line.strip() == "```bash"
-        elif in_bash and line.startswith("loraprune "):
-            commands.append(shlex.split(line, comments=True)[1:])
+    """The arguments of every ``loraprune ...`` line in the ``bash`` blocks of :data:`COMMAND_DOCS`
+    (comments dropped; a command in both, once)."""
+    commands: list[list[str]] = []
+    for doc in COMMAND_DOCS:
+        in_bash = False
+        for line in (REPO / doc).read_text(encoding="utf-8").splitlines():
+            if line.startswith("```"):
+                in_bash = not in_bash and line.strip() == "```bash"
+            elif in_bash and line.startswith("loraprune "):
+                args = shlex.split(line, comments=True)[1:]
+                if args not in commands:
+                    commands.append(args)
     return commands
 
 

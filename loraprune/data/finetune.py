@@ -5,6 +5,7 @@ Samples are ``{"input_ids", "labels"}`` lists of token ids; :func:`collate` pads
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Sequence
@@ -91,6 +92,24 @@ def validate_finetune_spec(spec: FinetuneDataSpec, *, mirror: MirrorPath = None)
         raise ValueError(
             f"data.holdout_val: {spec.name!r} has no validation split (only the embedded corpora)"
         )
+    path = Path(spec.name).expanduser()
+    if spec.name not in EMBEDDED_SOURCES and path.suffix.lower() == ".jsonl":
+        _check_first_record(path, spec)
+
+
+def _check_first_record(path: Path, spec: FinetuneDataSpec) -> None:
+    """The first record of a ``.jsonl`` file has the fields ``spec`` reads (the rest is read at load)."""
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
+        line = next((line for line in f if line.strip()), "{}")
+    try:
+        columns = list(json.loads(line))
+    except json.JSONDecodeError:
+        return  # reported by the head check
+    kind = spec.kind if spec.kind != "auto" else ("instruction" if "instruction" in columns else "text")
+    if kind == "instruction":
+        _instruction_columns(columns, str(path))
+    elif spec.field not in columns:
+        raise ValueError(f"{path} has no field {spec.field!r}; available fields: {', '.join(columns)}")
 
 
 def _choose(n: int, nsamples: int | None, seed: int, what: str) -> list[int]:

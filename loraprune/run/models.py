@@ -25,13 +25,13 @@ EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 class TinySpec:
     """A tiny random LLaMA (for tests): MHA when ``num_kv_heads == num_heads``, else GQA."""
 
-    hidden_size: int = 64
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 4
-    intermediate_size: int = 128
-    attention_bias: bool = False
-    seed: int = 0
+    hidden_size: int = 64  # model width
+    num_layers: int = 4  # decoder layers
+    num_heads: int = 4  # attention heads
+    num_kv_heads: int = 4  # KV heads (< num_heads: GQA)
+    intermediate_size: int = 128  # MLP channels
+    attention_bias: bool = False  # bias on q/k/v (Qwen2-style)
+    seed: int = 0  # seed of the random weights
 
 
 def cache_dir() -> Path:
