@@ -113,7 +113,9 @@ def test_standardisation_by_hand():
     # unstandardised: the raw fluctuation summed over each unit's channels
     raw = build_criterion("flap", {"standardize": False})
     raw.moments = crit.moments
-    assert raw.unit_scores(layer, heads) is None
+    assert not raw.scores_units and crit.scores_units
+    with pytest.raises(NotImplementedError, match="does not score whole units"):
+        raw.unit_scores(layer, heads)
     assert torch.allclose(unit_scores(layer, heads, raw, normalize=False), torch.tensor([3.0, 9.0]))
 
 

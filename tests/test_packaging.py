@@ -33,6 +33,10 @@ What this checks, and why it is built the way it is:
 * The console script runs from a temporary working directory outside the repo, offline, with
   ``debug=tiny``; it must exit 0 and write ``metrics.json``, which also shows that Hydra found the
   configs inside the installed package.
+* The configs have one source: ``loraprune/conf`` (shipped in the wheel as package data); ``conf`` at the
+  top of the repository is a link to it. ``loraprune --help`` lists the config groups Hydra resolves:
+  the editable install, the installed wheel and a user's ``--config-dir`` (a copy of ``conf/`` with one
+  preset added) must list the same ones.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "loraprune"
+TOP_CONF = REPO / "conf"
 SUBPACKAGES = ("core", "criteria", "data", "evaluation", "pruners", "report", "run")
 NOT_SOURCE = (
     ".git",
@@ -81,6 +86,43 @@ print(json.dumps({
     "meta_path": [repr(f) for f in sys.meta_path],
 }))
 """
+
+
+def _config_groups(help_text: str) -> dict[str, list[str]]:
+    """The ``== Configuration groups ==`` section of ``loraprune --help``: group -> its options."""
+    section = help_text.split("== Configuration groups ==", 1)[1].split("== Config ==", 1)[0]
+    groups = {}
+    for line in section.splitlines():
+        if (m := re.fullmatch(r"([\w/]+): (.+)", line.strip())) is not None:
+            groups[m.group(1)] = m.group(2).split(", ")
+    assert groups, help_text[:2000]
+    return groups
+
+
+def _help_groups(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict[str, list[str]]:
+    return _config_groups(_run([*command, "--help"], cwd=cwd, env=env or _clean_env(), timeout=120).stdout)
+
+
+@pytest.fixture(scope="module")
+def editable_groups(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """The groups ``python -m loraprune --help`` lists from this checkout (the editable install)."""
+    return _help_groups([sys.executable, "-m", "loraprune"], cwd=tmp_path_factory.mktemp("editable"))
+
+
+def test_top_level_conf_is_the_package_conf(editable_groups: dict[str, list[str]]):
+    assert TOP_CONF.is_symlink() and TOP_CONF.resolve() == (PACKAGE / "conf").resolve()
+    assert os.readlink(TOP_CONF) == "loraprune/conf"  # relative: the link survives a moved checkout
+    for group in (d for d in TOP_CONF.iterdir() if d.is_dir() and d.name != "hydra"):
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        assert editable_groups[group.name] == options, group.name
+
+
+def test_a_user_config_dir_resolves_the_same_groups(editable_groups, tmp_path: Path):
+    user = tmp_path / "myconf"
+    shutil.copytree(TOP_CONF, user)  # a user's copy of conf/, one preset added
+    (user / "model" / "my_model.yaml").write_text((TOP_CONF / "model" / "tiny_llama.yaml").read_text())
+    got = _help_groups([sys.executable, "-m", "loraprune", "--config-dir", str(user)], cwd=tmp_path)
+    assert got == {**editable_groups, "model": sorted([*editable_groups["model"], "my_model"])}
 
 
 def _package_files() -> set[str]:
@@ -151,6 +193,8 @@ def test_wheel_ships_every_package_file(wheel: Path):
     source_yaml = {n for n in _package_files() if n.startswith("loraprune/conf/") and n.endswith(".yaml")}
     wheel_yaml = {n for n in names if n.startswith("loraprune/conf/") and n.endswith(".yaml")}
     assert wheel_yaml == source_yaml
+    top_yaml = {f"loraprune/conf/{p.relative_to(TOP_CONF).as_posix()}" for p in TOP_CONF.rglob("*.yaml")}
+    assert wheel_yaml == top_yaml  # the top-level conf/ is what ships
     missing = sorted(_package_files() - names)
     assert not missing, f"in loraprune/ but not in the wheel (package-data in pyproject.toml?): {missing}"
 
@@ -201,7 +245,9 @@ def _make_venv(root: Path, wheel: Path) -> tuple[Path, Path]:
     return bindir, purelib
 
 
-def test_installed_wheel_runs_outside_the_repo(wheel: Path, tmp_path_factory: pytest.TempPathFactory):
+def test_installed_wheel_runs_outside_the_repo(
+    wheel: Path, tmp_path_factory: pytest.TempPathFactory, editable_groups: dict[str, list[str]]
+):
     tmp = tmp_path_factory.mktemp("installed")
     bindir, purelib = _make_venv(tmp, wheel)
     cwd = tmp / "cwd"
@@ -220,6 +266,7 @@ def test_installed_wheel_runs_outside_the_repo(wheel: Path, tmp_path_factory: py
     scripts = set(entry_points["console_scripts"])
     assert "loraprune" in scripts
     assert all((bindir / script).is_file() for script in scripts), sorted(scripts)
+    assert _help_groups([str(bindir / "loraprune")], cwd=cwd, env=env) == editable_groups
     out = tmp / "run"
     _run([str(bindir / "loraprune"), "debug=tiny", f"output_dir={out}"], cwd=cwd, env=env, timeout=300)
     metrics = json.loads((out / "metrics.json").read_text())

@@ -13,9 +13,18 @@ from loraprune.core.structure import GroupKind, projection
 log = logging.getLogger(__name__)
 
 
-class ChannelScorer(Protocol):
-    """What group importance needs of a criterion (see :class:`loraprune.criteria.base.Criterion`); one
-    may also score whole units itself (``unit_scores(layer, kind)``, optional)."""
+class GroupScorer(Protocol):
+    """What group importance needs of a criterion (:class:`loraprune.criteria.base.Criterion` has it all).
+
+    ``scores_units`` states the capability: a criterion that scores whole units itself (mask Fisher,
+    Kwon's, FLAP standardised) gives them through :meth:`unit_scores`; the others give per-channel
+    scores that :func:`unit_scores` sums per unit.
+    """
+
+    @property
+    def scores_units(self) -> bool: ...
+
+    def unit_scores(self, layer: nn.Module, kind: GroupKind) -> torch.Tensor: ...
 
     def channel_scores(self, module: nn.Module, dim: int) -> torch.Tensor | None: ...
 
@@ -31,7 +40,7 @@ def _l2_normalised(scores: torch.Tensor) -> torch.Tensor:
 def unit_scores(
     layer: nn.Module,
     kind: GroupKind,
-    criterion: ChannelScorer,
+    criterion: GroupScorer,
     normalize: bool = True,
     order: str = "channel",
 ) -> torch.Tensor:
@@ -44,14 +53,12 @@ def unit_scores(
     reference code's order: per head, then over heads). The two agree for MLP channels; for attention
     they weight q, k, v and o differently. ``normalize=False`` is LLM-Pruner's plain sum
     (``group_reduction="sum"``), where the order does not matter. A criterion that scores whole units
-    itself (its ``unit_scores`` not ``None``, e.g. mask Fisher) gives them as they are.
+    itself (``scores_units``, e.g. mask Fisher) gives them as they are.
     """
     if order not in NORMALIZE_ORDERS:
         raise ValueError(f"normalisation order must be one of {', '.join(NORMALIZE_ORDERS)}, got {order!r}")
-    own_scores = getattr(criterion, "unit_scores", None)  # optional: channel scorers need not have it
-    own = own_scores(layer, kind) if own_scores is not None else None
-    if own is not None:
-        return own.detach().float().cpu()
+    if criterion.scores_units:
+        return criterion.unit_scores(layer, kind).detach().float().cpu()
     total = torch.zeros(kind.num_units, dtype=torch.float32)
     for sl in kind.slices:
         scores = criterion.channel_scores(projection(layer, sl.module), sl.dim)

@@ -8,10 +8,14 @@ in one of two ways:
   ``intermediate_size`` are the pruned widths and ``head_dim`` is explicit. Saved, this is a stock
   checkpoint of the base's own class.
 * **per layer**: the global fields stay the base model's and the lists ``layer_num_attention_heads``,
-  ``layer_num_key_value_heads``, ``layer_intermediate_size`` give each layer's widths (the fields of
-  :class:`~loraprune.export.configuration_pruned_llama.PrunedLlamaConfig`). Where transformers has
-  heterogeneous configs (5.x), the in-memory config also declares them as its ``per_layer_config``, so
-  transformers sizes per-layer things (a static KV cache) from it.
+  ``layer_num_key_value_heads``, ``layer_intermediate_size`` (:data:`LAYER_WIDTH_FIELDS`) give each
+  layer's widths. Where transformers has heterogeneous configs (5.x), the in-memory config also declares
+  them as its ``per_layer_config``, so transformers sizes per-layer things (a static KV cache) from it.
+  Saved, the lists are the fields of ``PrunedLlamaConfig`` (model type :data:`PER_LAYER_MODEL_TYPE`,
+  :mod:`loraprune.export.configuration_pruned_llama`), built from :func:`per_layer_fields`.
+
+The field names are defined here; the standalone ``configuration_pruned_llama.py`` (copied into
+checkpoints, importing nothing from loraprune) repeats them, and a test checks the two agree.
 """
 
 from __future__ import annotations
@@ -24,13 +28,19 @@ from torch import nn
 from transformers import LlamaConfig
 
 from loraprune.core.structure import Geometry, decoder_layers
-from loraprune.export.configuration_pruned_llama import LAYER_WIDTH_FIELDS, PrunedLlamaConfig
 
 log = logging.getLogger(__name__)
 
 WIDTH_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+# per-layer list -> the global LLaMA field it refines
+LAYER_WIDTH_FIELDS = {
+    "layer_num_attention_heads": "num_attention_heads",
+    "layer_num_key_value_heads": "num_key_value_heads",
+    "layer_intermediate_size": "intermediate_size",
+}
+PER_LAYER_MODEL_TYPE = "pruned_llama"  # the config of the per-layer form (``PrunedLlamaConfig``)
 # families whose decoder is LLaMA's with (at most) different biases: the per-layer form can hold them
-LLAMA_FAMILY = ("llama", "mistral", "qwen2", PrunedLlamaConfig.model_type)
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", PER_LAYER_MODEL_TYPE)
 _PER_LAYER_KEYS = (
     *LAYER_WIDTH_FIELDS,
     "per_layer_config",
@@ -69,7 +79,7 @@ class LayerWidths:
         return dict(layers.pop()) if len(layers) == 1 else None
 
     def lists(self) -> dict[str, list[int]]:
-        """The per-layer lists keyed by :class:`PrunedLlamaConfig`'s field names."""
+        """The per-layer lists keyed by :data:`LAYER_WIDTH_FIELDS`' names."""
         values = (self.q_heads, self.kv_heads, self.channels)
         return {name: list(v) for name, v in zip(LAYER_WIDTH_FIELDS, values, strict=True)}
 
@@ -99,7 +109,7 @@ def stock_config(config, widths: LayerWidths):
     if uniform is None:
         return None
     config_class, base = type(config), clean_config_dict(config)
-    if isinstance(config, PrunedLlamaConfig):  # back to plain LLaMA, if its biases are LLaMA's
+    if _is_per_layer_config(config):  # back to plain LLaMA, if its biases are LLaMA's
         if config.attention_out_bias != config.attention_bias:
             return None
         config_class = LlamaConfig
@@ -126,8 +136,9 @@ def stock_config(config, widths: LayerWidths):
     return stock
 
 
-def pruned_config(config, widths: LayerWidths, base: Geometry, biases: dict[str, bool]) -> PrunedLlamaConfig:
-    """A :class:`PrunedLlamaConfig` describing ``config``'s model with per-layer ``widths``.
+def per_layer_fields(config, widths: LayerWidths, base: Geometry, biases: dict[str, bool]) -> dict[str, Any]:
+    """The fields of a per-layer config (``PrunedLlamaConfig(**fields)``, :mod:`loraprune.export`)
+    describing ``config``'s model with per-layer ``widths``.
 
     Args:
         config: the model's config (LLaMA family).
@@ -158,7 +169,7 @@ def pruned_config(config, widths: LayerWidths, base: Geometry, biases: dict[str,
         **biases,
         **widths.lists(),
     )
-    return PrunedLlamaConfig(**d)
+    return d
 
 
 def biases_of(model: nn.Module) -> dict[str, bool]:
@@ -221,7 +232,12 @@ def _forget_per_layer(config) -> None:
         config.per_layer_config = None
     config.__dict__.pop("allow_global_per_layer_attribute_access", None)
     for name in LAYER_WIDTH_FIELDS:
-        if isinstance(config, PrunedLlamaConfig):
+        if _is_per_layer_config(config):
             setattr(config, name, None)
         else:
             config.__dict__.pop(name, None)
+
+
+def _is_per_layer_config(config) -> bool:
+    """Whether ``config`` is a ``PrunedLlamaConfig`` (the installed class or a checkpoint's copy)."""
+    return getattr(config, "model_type", None) == PER_LAYER_MODEL_TYPE

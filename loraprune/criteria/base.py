@@ -55,7 +55,7 @@ class Criterion:
     needs: ClassVar[Needs] = Needs()
     options_type: ClassVar[type] = NoOptions
     semistructured_only: ClassVar[bool] = False
-    structured_only: ClassVar[bool] = False  # scores whole units (:meth:`unit_scores`), not elements
+    structured_only: ClassVar[bool] = False  # structured pruning only (no N:M patterns)
     solves_nm: ClassVar[bool] = False  # its N:M choice also updates the kept weights (:meth:`solve_nm`)
     scores_layers: ClassVar[bool] = False  # scores whole decoder layers (:meth:`layer_score`): depth pruning
     calibration_samples: ClassVar[int] = 10  # default calibration set: samples ...
@@ -91,10 +91,16 @@ class Criterion:
         Criteria that score all-reduced gradients need nothing (default); one that gathers statistics
         of its own rank's samples uses it so that every rank scores the whole step's samples."""
 
-    def unit_scores(self, layer: nn.Module, kind: Any) -> torch.Tensor | None:
-        """One score per unit of ``kind`` in ``layer`` computed by the criterion itself; ``None`` (the
-        default): the units' scores are sums of :meth:`channel_scores` over their slices."""
-        return None
+    @property
+    def scores_units(self) -> bool:
+        """Whether it scores whole units itself (:meth:`unit_scores`); ``False`` (the default): a unit's
+        score is the sum of :meth:`channel_scores` over its slices
+        (:func:`loraprune.core.importance.unit_scores`)."""
+        return False
+
+    def unit_scores(self, layer: nn.Module, kind: Any) -> torch.Tensor:
+        """One score per unit of ``kind`` in ``layer`` computed by the criterion itself (``scores_units``)."""
+        raise NotImplementedError(f"criterion {self.name!r} does not score whole units (scores_units)")
 
     def layer_score(self, layer: nn.Module) -> float:
         """One score of a whole decoder layer (``scores_layers``: depth pruning removes the lowest)."""

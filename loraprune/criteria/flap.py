@@ -152,11 +152,15 @@ class FlapCriterion(Criterion):
         w = lora_tensors(module).effective_weight()
         return fluctuation(w, self._moments(module).variance.to(w.device))
 
-    def unit_scores(self, layer: nn.Module, kind: GroupKind) -> torch.Tensor | None:
-        """With ``standardize``: the mean of each unit's standardised channel scores; else ``None`` (the
-        channel scores summed per unit)."""
-        if not self.options.standardize:
-            return None
+    @property
+    def scores_units(self) -> bool:
+        """With ``standardize`` (else a unit's score is its channel scores' sum)."""
+        return self.options.standardize
+
+    def unit_scores(self, layer: nn.Module, kind: GroupKind) -> torch.Tensor:
+        """The mean of each unit's standardised channel scores (``standardize``)."""
+        if not self.scores_units:
+            return super().unit_scores(layer, kind)
         sl = masked_input_slice(kind)
         scores = self.channel_scores(projection(layer, sl.module), sl.dim).cpu()
         if kind.name == "attn" and self.options.square_attention:

@@ -125,6 +125,10 @@ class MaskFisherCriterion(Criterion):
         for state in self._inputs.values():
             state.fold_micro_batch()
 
+    @property
+    def scores_units(self) -> bool:
+        return True
+
     def unit_scores(self, layer: nn.Module, kind: GroupKind) -> torch.Tensor:
         per_unit = self.unit_gradients(layer, kind)
         if self.options.estimate == "fisher":

@@ -19,7 +19,8 @@ import copy
 
 from transformers import LlamaConfig
 
-# per-layer list -> the global LLaMA field it refines
+# per-layer list -> the global LLaMA field it refines: loraprune.core.widths.LAYER_WIDTH_FIELDS, repeated
+# here because this file imports nothing from loraprune (tests/test_layering.py checks they agree)
 LAYER_WIDTH_FIELDS = {
     "layer_num_attention_heads": "num_attention_heads",
     "layer_num_key_value_heads": "num_key_value_heads",

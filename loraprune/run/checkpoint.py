@@ -37,7 +37,7 @@ from torch import nn
 from loraprune.core.plan import PruningPlan
 from loraprune.core.structure import ATTENTION_MODULES, MLP_MODULES, decoder_layers, projection
 from loraprune.core.surgery import apply_plan
-from loraprune.core.widths import LayerWidths, biases_of, clean_config_dict, pruned_config, stock_config
+from loraprune.core.widths import LayerWidths, biases_of, clean_config_dict, per_layer_fields, stock_config
 from loraprune.export.card import CARD_DATA_FILE, ModelCard
 from loraprune.export.configuration_pruned_llama import LAYER_BIAS_FIELDS, PrunedLlamaConfig
 from loraprune.export.files import (
@@ -178,7 +178,7 @@ def _config_for(model: nn.Module, widths: LayerWidths, plan: PruningPlan, form: 
         if any(flag != biases[name] for flag in flags[per_layer]):
             biases[per_layer] = flags[per_layer]
     try:
-        return pruned_config(model.config, widths, plan.geometry, biases), "per_layer"
+        return PrunedLlamaConfig(**per_layer_fields(model.config, widths, plan.geometry, biases)), "per_layer"
     except ValueError as e:
         log.warning("%s: saved with the base config and the plan; load it with loraprune.load_pruned", e)
         base = clean_config_dict(model.config)

@@ -8,6 +8,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -159,25 +160,8 @@ def finetune(
         raise ValueError(
             f"{len(samples)} fine-tune samples are fewer than one micro-batch ({settings.micro_batch_size})"
         )
-    hooks = hooks or StepHooks()
-    params = trainable_parameters(model)
-    if not params:
-        raise ValueError("no trainable LoRA parameters found")
-    device = params[0].device
-    from transformers import get_linear_schedule_with_warmup
-
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, settings.warmup_steps, steps)
-    if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-    batches = cycle_batches(samples, settings.micro_batch_size, settings.seed)
-    accumulation = settings.batch_size // settings.micro_batch_size
-    mine = _local_share(accumulation, accelerator)
-    ddp = accelerator.prepare_model(model) if accelerator else model
-    start = checkpoints.restore(model, optimizer, scheduler, hooks) if checkpoints else LoopState()
-    batches = itertools.islice(batches, start.micro_batches, None)  # the data position
+    loop = _Loop(model, samples, settings, steps, pad_token_id, hooks or StepHooks(), accelerator)
+    start = loop.restore(checkpoints)
     model.train()
     tokens, first_loss, loss_value = start.tokens, start.first_loss, start.last_loss
     started = time.perf_counter()
@@ -189,56 +173,18 @@ def finetune(
         total=steps,
         disable=not _is_main(accelerator),
     )
-    distill = settings.distill
     for step in bar:
-        loss_value, step_tokens = 0.0, 0
-        for j in range(accumulation):
-            micro_batch = next(batches)  # every rank walks the whole sequence, computes its own share
-            if j not in mine:
-                continue
-            batch = {k: v.to(device) for k, v in collate(micro_batch, pad_token_id).items()}
-            sync = j == mine[-1] or accelerator is None  # DDP averages gradients at the last backward
-            with contextlib.nullcontext() if sync else accelerator.no_sync(ddp):
-                if distill.weight > 0:
-                    loss = distilled_loss(model, batch, distill, hooks.unpruned(), student=ddp) / len(mine)
-                else:
-                    loss = ddp(**batch).loss / len(mine)
-                loss.backward()
-            hooks.after_micro_batch(step, j - mine[0], len(mine))
-            loss_value += loss.item()
-            step_tokens += int(batch["attention_mask"].sum())
-        if accelerator is not None:
-            loss_value, step_tokens = _global_loss_and_tokens(loss_value, step_tokens, accelerator)
-        tokens += step_tokens
-        if not settings.observe_after_clip:
-            hooks.after_accumulation(step)
-        grad_norm = {}
-        if settings.max_grad_norm > 0:  # the norm before clipping: clipping acts where it exceeds the bound
-            grad_norm["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
-        if settings.observe_after_clip:  # the reference reads the LoRA gradients after clipping
-            hooks.after_accumulation(step)
-        optimizer.step()
-        scheduler.step()
-        model.zero_grad(set_to_none=True)
-        extra = hooks.after_step(step)
+        done = loop.step(step)
+        loss_value, tokens = done.loss, tokens + done.tokens
         first_loss = loss_value if first_loss is None else first_loss
-        record = {
-            "step": step,
-            "loss": loss_value,
-            "lr": scheduler.get_last_lr()[0],
-            "tokens": tokens,
-            **grad_norm,
-            **extra,
-        }
-        bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in extra.items() if k == "ratio"})
+        record = {"step": step, "loss": loss_value, "lr": done.lr, "tokens": tokens, **done.values}
+        ratio = {k: f"{v:.3f}" for k, v in done.values.items() if k == "ratio"}
+        bar.set_postfix(loss=f"{loss_value:.3f}", **ratio)
         if log:
             log(record)
         if checkpoints and _is_main(accelerator):
-            loop = LoopState(step, step * accumulation, tokens, first_loss, loss_value)
-            checkpoints.maybe_save(loop, model, optimizer, scheduler, hooks)
-    model.eval()
-    if settings.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+            loop.save(checkpoints, LoopState(step, step * loop.accumulation, tokens, first_loss, loss_value))
+    loop.finish()
     seconds = round(time.perf_counter() - started, 3)
     return {
         "steps": steps,
@@ -247,6 +193,127 @@ def finetune(
         "last_loss": loss_value,
         "seconds": seconds,
     }
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """What one optimizer step logs: its (global) loss and tokens, the learning rate after it, and the
+    other values (``grad_norm``, the hooks' ``ratio`` and ``masks``)."""
+
+    loss: float
+    tokens: int
+    lr: float
+    values: dict[str, float]
+
+
+class _Loop:
+    """One fine-tuning run's parts (optimizer, schedule, data position, DDP wrapper) and its named steps:
+    :meth:`accumulate` the micro-batches, :meth:`clip_and_observe` in the configured order, then
+    :meth:`advance` the optimizer and the hooks."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        samples: Sequence[dict],
+        settings: TrainerConfig,
+        steps: int,
+        pad_token_id: int,
+        hooks: StepHooks,
+        accelerator=None,
+    ) -> None:
+        from transformers import get_linear_schedule_with_warmup
+
+        self.model, self.settings, self.hooks, self.accelerator = model, settings, hooks, accelerator
+        self.pad_token_id = pad_token_id
+        self.params = trainable_parameters(model)
+        if not self.params:
+            raise ValueError("no trainable LoRA parameters found")
+        self.device = self.params[0].device
+        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, settings.warmup_steps, steps)
+        if settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        self.batches: Iterator[list[dict]] = cycle_batches(samples, settings.micro_batch_size, settings.seed)
+        self.accumulation = settings.batch_size // settings.micro_batch_size
+        self.mine = _local_share(self.accumulation, accelerator)
+        self.ddp = accelerator.prepare_model(model) if accelerator else model
+
+    def restore(self, checkpoints: Checkpointer | None) -> LoopState:
+        """Resume from the latest checkpoint, if any: the parts' states and the data position."""
+        parts = (self.model, self.optimizer, self.scheduler, self.hooks)
+        start = checkpoints.restore(*parts) if checkpoints else LoopState()
+        self.batches = itertools.islice(self.batches, start.micro_batches, None)
+        return start
+
+    def step(self, step: int) -> StepDone:
+        """One optimizer step: accumulate, clip and observe, advance."""
+        loss, tokens = self.accumulate(step)
+        grad_norm = self.clip_and_observe(step)
+        extra = self.advance(step)
+        return StepDone(loss, tokens, self.scheduler.get_last_lr()[0], {**grad_norm, **extra})
+
+    def accumulate(self, step: int) -> tuple[float, int]:
+        """Backward this process's share of the step's micro-batches; the loss and tokens, global."""
+        loss_value, step_tokens = 0.0, 0
+        for j in range(self.accumulation):
+            micro_batch = next(self.batches)  # every rank walks the whole sequence, computes its own share
+            if j not in self.mine:
+                continue
+            batch = {k: v.to(self.device) for k, v in collate(micro_batch, self.pad_token_id).items()}
+            loss = self.backward(batch, sync=j == self.mine[-1] or self.accelerator is None)
+            self.hooks.after_micro_batch(step, j - self.mine[0], len(self.mine))
+            loss_value += loss.item()
+            step_tokens += int(batch["attention_mask"].sum())
+        if self.accelerator is not None:
+            return _global_loss_and_tokens(loss_value, step_tokens, self.accelerator)
+        return loss_value, step_tokens
+
+    def backward(self, batch: dict, sync: bool) -> torch.Tensor:
+        """One micro-batch's share of the step's loss (distilled, when configured), backpropagated; DDP
+        averages the gradients only when ``sync`` (the process's last backward of the step)."""
+        distill, share = self.settings.distill, len(self.mine)
+        with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.ddp):
+            if distill.weight > 0:
+                loss = distilled_loss(self.model, batch, distill, self.hooks.unpruned(), student=self.ddp)
+                loss = loss / share
+            else:
+                loss = self.ddp(**batch).loss / share
+            loss.backward()
+        return loss
+
+    def clip_and_observe(self, step: int) -> dict[str, float]:
+        """Clip the gradients (returns ``grad_norm``, the norm before clipping, when clipping is on) and
+        let the hooks observe them before or after, as ``observe_after_clip`` says (the reference reads
+        the LoRA gradients after clipping)."""
+        settings, grad_norm = self.settings, {}
+        if not settings.observe_after_clip:
+            self.hooks.after_accumulation(step)
+        if settings.max_grad_norm > 0:  # clipping acts where the norm exceeds the bound
+            grad_norm["grad_norm"] = float(
+                torch.nn.utils.clip_grad_norm_(self.params, settings.max_grad_norm)
+            )
+        if settings.observe_after_clip:
+            self.hooks.after_accumulation(step)
+        return grad_norm
+
+    def advance(self, step: int) -> dict[str, float]:
+        """Step the optimizer and the learning rate, clear the gradients; the hooks' values to log."""
+        self.optimizer.step()
+        self.scheduler.step()
+        self.model.zero_grad(set_to_none=True)
+        return self.hooks.after_step(step)
+
+    def save(self, checkpoints: Checkpointer, loop: LoopState) -> None:
+        """Save a checkpoint if one is due at ``loop.step``."""
+        checkpoints.maybe_save(loop, self.model, self.optimizer, self.scheduler, self.hooks)
+
+    def finish(self) -> None:
+        """Back to evaluation mode, without gradient checkpointing."""
+        self.model.eval()
+        if self.settings.gradient_checkpointing:
+            self.model.gradient_checkpointing_disable()
 
 
 def _local_share(accumulation: int, accelerator) -> range:
