@@ -1,4 +1,4 @@
-"""``loraprune-bench``: the four performance figures side by side in one invocation.
+"""``loraprune-bench``: the performance figures side by side in one invocation.
 
 1. ``memory``: peak memory of fine-tune-and-prune, plain peft LoRA, ``loraprune``, ``grad`` and
    LLM-Pruner's scoring, each in a process of its own, above the loaded model (CUDA max allocated, or the
@@ -8,11 +8,15 @@
 3. ``inference``: pruned (20%, 50%) against dense: prefill tokens/s, decode ms/token, parameter and FLOP
    ratios.
 4. ``eval``: perplexity tokens/s and zero-shot examples/s.
+5. ``gguf``: the dense and pruned models as GGUF in llama.cpp (llama-cpp-python) at each ``--gguf-quants``
+   type: file size, prompt-processing and generation tokens/s, parameter ratio, and with
+   ``--gguf-ppl-sets`` the perplexity of each file (prune then quantize). Not in the default set.
 
 Prints Markdown; ``--out DIR`` also writes ``bench.json`` and ``bench.md`` there. Example::
 
     loraprune-bench --model embedded --steps 5 --batch 4 --seq-len 128
     loraprune-bench --model shape:tinyllama_1b --dtype bf16 --figures memory,loop --steps 10
+    loraprune-bench --model embedded --figures gguf --gguf-quants f16,q4_k_m --gguf-ppl-sets wiki_embedded
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from loraprune.bench.loop import DTYPES, load, run_variant
 from loraprune.bench.machine import load_now, machine_info
 from loraprune.bench.process import run_isolated
 
-FIGURES = ("memory", "loop", "inference", "eval")
+FIGURES = ("memory", "loop", "inference", "eval", "gguf")
+DEFAULT_FIGURES = ("memory", "loop", "inference", "eval")
 MEMORY_VARIANTS = ("lora", "loraprune", "grad", "llm_pruner")
 LOOP_VARIANTS = ("peft", "lora", "loraprune", "mask_fisher")
 
@@ -41,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="loraprune-bench", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded", help="embedded | tiny | shape:<name> | hub id | local dir")
     ap.add_argument("--layers", type=int, default=None, help="shape: keep only this many layers")
-    ap.add_argument("--figures", default=",".join(FIGURES), help=f"comma-separated subset of {FIGURES}")
+    ap.add_argument(
+        "--figures", default=",".join(DEFAULT_FIGURES), help=f"comma-separated subset of {FIGURES}"
+    )
     ap.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quantize", default=None, choices=["int8", "nf4"], help="the frozen base's weights")
@@ -55,6 +62,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="loop variants (default: those the figures need); NAME:int8 runs NAME on an int8 base",
     )
     ap.add_argument("--ratios", default="0.2,0.5", help="inference: pruned ratios against the dense model")
+    ap.add_argument(
+        "--round-to",
+        default="none",
+        help="inference, gguf: each pruned ratio once per value, e.g. none,64 (prune.round_to)",
+    )
+    ap.add_argument("--gguf-quants", default="f16,q4_k_m", help="gguf: the GGUF types, side by side")
+    ap.add_argument(
+        "--gguf-run", default=None, help="gguf: a finished run dir whose saved model joins the rows"
+    )
+    ap.add_argument("--gguf-ppl-sets", default="", help="gguf: perplexity sets (--ppl-windows of --seq-len)")
+    ap.add_argument("--gguf-dir", default=None, help="gguf: keep the files here (default: a temporary dir)")
     ap.add_argument("--prefill-batch", type=int, default=8)
     ap.add_argument("--prefill-len", type=int, default=512)
     ap.add_argument("--prompt-len", type=int, default=32)
@@ -77,7 +95,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.figures) - set(FIGURES))
     if unknown:
         ap.error(f"unknown figure(s) {unknown}; choose from {', '.join(FIGURES)}")
+    try:
+        args.round_to = [
+            None if v.strip().lower() in ("none", "null") else int(v) for v in args.round_to.split(",")
+        ]
+    except ValueError:
+        ap.error(f"--round-to takes none or positive integers, got {args.round_to!r}")
+    if any(n is not None and n < 1 for n in args.round_to):
+        ap.error(f"--round-to takes none or positive integers, got {args.round_to}")
+    args.gguf_quants = _names(args.gguf_quants)
+    args.gguf_ppl_sets = _names(args.gguf_ppl_sets)
     return args
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def loop_variants(args: argparse.Namespace) -> list[str]:
@@ -141,6 +173,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     check_model(args.model)
     check_backend(args.quantize)
+    if "gguf" in args.figures:
+        from loraprune.bench.llamacpp import check_gguf_figure
+
+        check_gguf_figure(args.gguf_quants)
+        if args.gguf_run:
+            from loraprune.run.export_cli import ExportError, model_dir_of
+
+            try:
+                model_dir_of(Path(args.gguf_run))
+            except ExportError as e:
+                raise ValueError(f"--gguf-run: {e}") from None
     if {"memory", "loop"} & set(args.figures):
         for variant in loop_variants(args):
             check_backend(split_variant(variant, args.quantize)[1])
@@ -153,7 +196,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     if {"memory", "loop"} & set(args.figures):
         result["loops"] = run_loops(args)
-    if {"inference", "eval"} & set(args.figures):
+    if {"inference", "eval", "gguf"} & set(args.figures):
         model, tokenizer, weights = load(args.model, args.dtype, args.device, args.layers)
         if "inference" in args.figures:
             from loraprune.bench.inference import measure_inference
@@ -167,6 +210,27 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 prompt_len=args.prompt_len,
                 new_tokens=args.new_tokens,
                 repeats=args.repeats,
+                round_to=args.round_to,
+            )
+        if "gguf" in args.figures:
+            from loraprune.bench.llamacpp import measure_gguf
+
+            result["gguf"] = measure_gguf(
+                model,
+                tokenizer,
+                ratios=[float(r) for r in args.ratios.split(",") if r.strip()],
+                quants=args.gguf_quants,
+                round_to=args.round_to,
+                run=args.gguf_run,
+                pp_tokens=args.prefill_len,
+                prompt_len=args.prompt_len,
+                new_tokens=args.new_tokens,
+                repeats=args.repeats,
+                threads=args.threads,
+                ppl_sets=args.gguf_ppl_sets,
+                ppl_windows=args.ppl_windows,
+                seq_len=args.seq_len,
+                keep_dir=args.gguf_dir,
             )
         if "eval" in args.figures:
             from loraprune.bench.evaluation import measure_evaluation

@@ -28,11 +28,14 @@ from loraprune.criteria import build_criterion
 from loraprune.pruners import CalibrationData, PrunerSettings, build_pruner
 
 
-def pruned_copy(model: nn.Module, ratio: float) -> nn.Module:
-    """A copy of ``model`` with the groups of ratio ``ratio`` removed (by weight magnitude)."""
+def pruned_copy(model: nn.Module, ratio: float, round_to: int | None = None) -> nn.Module:
+    """A copy of ``model`` with the groups of ratio ``ratio`` removed (by weight magnitude); ``round_to``:
+    kept widths a multiple of it (``prune.round_to``)."""
     pruned = copy.deepcopy(model)
     geo = Geometry.from_config(pruned.config)
-    settings = PrunerSettings(ratio=ratio, excluded_layers=default_excluded_layers(geo.num_layers))
+    settings = PrunerSettings(
+        ratio=ratio, excluded_layers=default_excluded_layers(geo.num_layers), round_to=round_to
+    )
     pruner = build_pruner(pruned, geo, build_criterion("l2"), settings, build_schedule("one_shot", ratio, 1))
     pruner.prepare(CalibrationData([], 0))
     return pruner.finalize().apply(pruned).eval()
@@ -103,13 +106,17 @@ def measure_inference(
     prompt_len: int = 32,
     new_tokens: int = 128,
     repeats: int = 3,
+    round_to: list[int | None] | None = None,
 ) -> dict[str, Any]:
-    """Dense and pruned rows: speed, parameter and FLOP counts, and each ratio to the dense model."""
+    """Dense and pruned rows: speed, parameter and FLOP counts, and each ratio to the dense model.
+
+    ``round_to``: each ratio once per value (``None``: widths as selected), side by side."""
     model.generation_config.eos_token_id = None  # generate exactly new_tokens
     rows = []
-    for ratio in [0.0, *ratios]:
-        m = model if ratio == 0 else pruned_copy(model, ratio)
+    for ratio, rounding in [(0.0, None), *((r, n) for r in ratios for n in (round_to or [None]))]:
+        m = model if ratio == 0 else pruned_copy(model, ratio, rounding)
         row = {"ratio": ratio, "params": count_parameters(m), "prefill_flops": prefill_flops(m, seq_len)}
+        row["round_to"] = rounding
         row.update(speed(m, batch, seq_len, prompt_len, new_tokens, repeats))
         rows.append(row)
         del m

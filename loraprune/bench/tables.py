@@ -1,4 +1,4 @@
-"""Markdown tables of a benchmark's JSON (the four figures), with its header: machine, command, date."""
+"""Markdown tables of a benchmark's JSON (the five figures), with its header: machine, command, date."""
 
 from __future__ import annotations
 
@@ -114,11 +114,13 @@ def inference_lines(inf: dict[str, Any]) -> list[str]:
         f"{s['new_tokens']} new tokens after a {s['prompt_len']}-token prompt)",
         "",
     ]
-    head = ["ratio", "params", "param ratio", "FLOP ratio", "prefill tok/s", "prefill ×", "decode ms/tok"]
-    head += ["decode ×", "prefill × · FLOP ratio"]
+    rounded = any(r.get("round_to") for r in inf["rows"])
+    head = ["ratio", *(["round_to"] if rounded else []), "params", "param ratio", "FLOP ratio"]
+    head += ["prefill tok/s", "prefill ×", "decode ms/tok", "decode ×", "prefill × · FLOP ratio"]
     rows = [
         [
             r["ratio"],
+            *([r.get("round_to") or "—"] if rounded else []),
             f"{r['params'] / 1e6:.2f}M",
             f"{r['param_ratio']:.3f}",
             f"{r['flop_ratio']:.3f}",
@@ -131,11 +133,50 @@ def inference_lines(inf: dict[str, Any]) -> list[str]:
         for r in inf["rows"]
     ]
     lines += _table(head, rows)
-    half = [r for r in inf["rows"] if abs(r["ratio"] - 0.5) < 1e-9]
+    half = [r for r in inf["rows"] if abs(r["ratio"] - 0.5) < 1e-9 and not r.get("round_to")]
     if half:
         lines.append(
             f"- 50%: prefill speed-up / FLOP-predicted speed-up = **{half[0]['prefill_vs_flops']:.2f}** — "
             f"{_verdict(half[0]['prefill_vs_flops'], PREFILL_TARGET)}"
+        )
+    return [*lines, ""]
+
+
+def gguf_lines(g: dict[str, Any]) -> list[str]:
+    """The ``gguf`` figure: one row per (model, type); ratios against the dense file of the same type."""
+    s = g["settings"]
+    threads = s["threads"] if s["threads"] is not None else "llama.cpp's default"
+    lines = [
+        f"### 5. GGUF in llama.cpp (llama-cpp-python {s['llama_cpp_python']}, threads {threads}; prompt "
+        f"processing: {s['pp_tokens']} tokens in one eval; generation: greedy, {s['new_tokens']} tokens "
+        f"after a {s['prompt_len']}-token prompt; median of {s['repeats']})",
+        "",
+    ]
+    sets = s.get("ppl_sets") or []
+    head = ["model", "type", "arch", "params", "param ratio", "MiB", "size ratio", "pp tok/s", "pp ×"]
+    head += ["tg tok/s", "tg ×", *(f"{name} ppl" for name in sets)]
+    rows = [
+        [
+            r["model"],
+            r["quant"],
+            r["arch"],
+            f"{r['params'] / 1e6:.2f}M",
+            f"{r['param_ratio']:.3f}",
+            f"{r['mib']:.1f}",
+            f"{r['size_ratio']:.3f}",
+            f"{r['pp_tokens_per_s']:.1f}",
+            f"{r['pp_speedup']:.2f}",
+            f"{r['tg_tokens_per_s']:.1f}",
+            f"{r['tg_speedup']:.2f}",
+            *(f"{r['ppl'][name]:.3f}" for name in sets),
+        ]
+        for r in g["rows"]
+    ]
+    lines += _table(head, rows)
+    if sets:
+        lines.append(
+            f"- perplexity: llama.cpp's logits over the project's windows ({s['ppl_windows']} windows of "
+            f"{s['seq_len']} tokens per set, f16 KV cache)"
         )
     return [*lines, ""]
 
@@ -191,4 +232,6 @@ def render(result: dict[str, Any]) -> str:
         lines += inference_lines(result["inference"])
     if "evaluation" in result:
         lines += evaluation_lines(result["evaluation"])
+    if "gguf" in result:
+        lines += gguf_lines(result["gguf"])
     return "\n".join(lines).rstrip() + "\n"
