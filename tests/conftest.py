@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from loraprune.run.models import TinySpec, load_model
+from loraprune.models.loading import TinySpec, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "loraprune" / "conf"
@@ -38,7 +38,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from loraprune.run.config import register_configs
+    from loraprune.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -24,8 +24,8 @@ from loraprune.core.structure import (
 from loraprune.core.surgery import apply_plan, merge_lora
 from loraprune.criteria import Criterion, build_criterion
 from loraprune.criteria.statistics import input_square_norms, weight_gradients
+from loraprune.models.loading import TinySpec, load_model
 from loraprune.pruners import CalibrationData, GroupPruner, NMPruner, PrunerSettings
-from loraprune.run.models import TinySpec, load_model
 
 ONE_SHOT_METHODS = ("llm_pruner", "l1", "l2", "random", "wanda_sp")
 CASES = {
@@ -361,9 +361,9 @@ def test_config_errors(tmp_path, corpus):
 
 def test_grad_criterion_weight_grads_only_while_scoring():
     """method=grad needs ∂L/∂W while it scores; once the final ratio is reached they are switched off."""
+    from loraprune.config.schema import TrainerConfig
     from loraprune.core.schedule import build_schedule
-    from loraprune.run.config import TrainerConfig
-    from loraprune.run.train import PruningHooks, finetune
+    from loraprune.train.loop import PruningHooks, finetune
 
     model, tok = _tiny()
     geo = Geometry.from_config(model.config)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from loraprune.bench import cli
 from loraprune.bench.loop import PHASES
+from loraprune.cli import bench as cli
 
 TINY = ["--model", "tiny", "--steps", "2", "--batch", "2", "--seq-len", "16", "--threads", "1"]
 TINY += ["--prefill-batch", "2", "--prefill-len", "16", "--prompt-len", "4", "--new-tokens", "3"]

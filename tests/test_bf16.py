@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import torch
 
+from loraprune.config.schema import LoraConfig, TrainerConfig
 from loraprune.core.schedule import build_schedule
 from loraprune.core.structure import Geometry, decoder_layers
 from loraprune.criteria import build_criterion
+from loraprune.models.adapters import add_lora
+from loraprune.models.loading import TinySpec, load_model
 from loraprune.pruners import CalibrationData, PrunerSettings, build_pruner
-from loraprune.run.adapters import add_lora
-from loraprune.run.config import LoraConfig, TrainerConfig
-from loraprune.run.models import TinySpec, load_model
-from loraprune.run.train import PruningHooks, finetune
+from loraprune.train.loop import PruningHooks, finetune
 
 WEAK_HEADS, WEAK_CHANNELS = (1, 3), tuple(range(0, 128, 2))  # of 4 heads and 128 channels per layer
 

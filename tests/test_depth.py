@@ -22,8 +22,8 @@ from loraprune.core.structure import Geometry, decoder_layers
 from loraprune.core.surgery import apply_plan
 from loraprune.criteria import build_criterion
 from loraprune.criteria.depth import perplexity
+from loraprune.models.loading import TinySpec, load_model
 from loraprune.pruners import CalibrationData, DepthPruner, PrunerSettings, build_pruner
-from loraprune.run.models import TinySpec, load_model
 from loraprune.run.pipeline import run, to_config
 from loraprune.run.resolve import ConfigError, resolve
 

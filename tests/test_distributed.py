@@ -14,17 +14,17 @@ import torch.multiprocessing as mp
 from conftest import OFFLINE_ENV, compose
 
 from loraprune import load_pruned
+from loraprune.config.schema import LoraConfig
 from loraprune.core.schedule import build_schedule
 from loraprune.core.structure import Geometry
 from loraprune.criteria import build_criterion
+from loraprune.models.adapters import add_lora
+from loraprune.models.loading import TinySpec, load_model
 from loraprune.pruners import PrunerSettings, build_pruner
-from loraprune.run import distributed
-from loraprune.run.adapters import add_lora
-from loraprune.run.config import LoraConfig
-from loraprune.run.models import TinySpec, load_model
 from loraprune.run.pipeline import run, to_config
 from loraprune.run.resolve import ConfigError
-from loraprune.run.train import _local_share
+from loraprune.train import distributed
+from loraprune.train.loop import _local_share
 
 COMMON = ["debug=tiny", "lora.dropout=0", "eval.dense=false", "trainer.steps=3", "eval.max_windows=2"]
 COMMON += ["trainer.batch_size=4"]  # 4 micro-batches of 1 a step: 2 per rank (one under no_sync)

@@ -23,8 +23,8 @@ from loraprune.evaluation.ppl import (
     window_losses,
     window_nll,
 )
+from loraprune.models.loading import TinySpec, load_model
 from loraprune.run.evaluate import EvalRecord, read_window_losses
-from loraprune.run.models import TinySpec, load_model
 from loraprune.run.pipeline import to_config
 from loraprune.run.resolve import ConfigError, validate
 

@@ -16,13 +16,13 @@ import yaml
 from conftest import OFFLINE_ENV
 
 from loraprune import load_pruned, save_pruned
+from loraprune.cli import export as cli
 from loraprune.core.nm import is_nm_sparse, nm_keep_mask
 from loraprune.core.plan import LayerKeep, PruningPlan
 from loraprune.core.structure import ALL_PROJECTIONS, Geometry, decoder_layers, projection
 from loraprune.core.surgery import apply_plan
 from loraprune.export.card import ModelCard, front_matter
-from loraprune.run import export_cli as cli
-from loraprune.run.models import TinySpec, load_model
+from loraprune.models.loading import TinySpec, load_model
 
 CASES = {
     "mha": TinySpec(num_heads=4, num_kv_heads=4),
@@ -482,8 +482,8 @@ def test_cli_command_is_the_hydra_jobs_own_overrides():
     from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
+    from loraprune.config.schema import register_configs
     from loraprune.export.card import cli_command
-    from loraprune.run.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -9,12 +9,12 @@ from conftest import lora_with_random_b
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from loraprune.config.schema import TrainerConfig
 from loraprune.core.importance import unit_scores
 from loraprune.core.structure import GroupKind, Slice
 from loraprune.criteria import Criterion, estimated_weight_grad
-from loraprune.run.config import TrainerConfig
-from loraprune.run.models import TinySpec, load_model
-from loraprune.run.train import StepHooks, finetune, trainable_parameters
+from loraprune.models.loading import TinySpec, load_model
+from loraprune.train.loop import StepHooks, finetune, trainable_parameters
 
 
 def _tiny():
@@ -181,9 +181,9 @@ def test_wiki_validation_split_is_disjoint_and_held_out_on_request():
 
 
 def test_wiki_embedded_val_is_an_eval_set_that_needs_the_holdout():
+    from loraprune.config.schema import LoraPruneConfig
     from loraprune.data import load_eval_text
     from loraprune.data.readers import embedded_docs
-    from loraprune.run.config import LoraPruneConfig
     from loraprune.run.resolve import ConfigError, validate
 
     assert load_eval_text("wiki_embedded_val") == "\n\n".join(embedded_docs("wiki_embedded", "validation"))
@@ -226,9 +226,9 @@ def _first_loss(pm, tok, trainer, hooks) -> float:
 def test_distillation_loss_is_ce_plus_weighted_kl_to_the_dense_teacher():
     import copy
 
+    from loraprune.config.schema import DistillConfig
     from loraprune.data import collate
-    from loraprune.run.config import DistillConfig
-    from loraprune.run.train import PruningHooks
+    from loraprune.train.loop import PruningHooks
 
     torch.manual_seed(0)
     model, tok = _tiny()
@@ -251,7 +251,7 @@ def test_distillation_loss_is_ce_plus_weighted_kl_to_the_dense_teacher():
 
 
 def test_distillation_weight_zero_trains_exactly_as_without():
-    from loraprune.run.config import DistillConfig
+    from loraprune.config.schema import DistillConfig
 
     states = []
     for trainer in (
@@ -326,7 +326,7 @@ def test_fisher_in_the_loop_scores_every_step():
     from loraprune.core.structure import Geometry
     from loraprune.criteria import build_criterion
     from loraprune.pruners import GroupPruner, PrunerSettings
-    from loraprune.run.train import PruningHooks
+    from loraprune.train.loop import PruningHooks
 
     torch.manual_seed(0)
     model, tok = _tiny()

@@ -1,4 +1,4 @@
-"""FastDropout: the CPU LoRA-dropout masks drawn from 15-bit integers (loraprune/run/fast_dropout.py)."""
+"""FastDropout: the CPU LoRA-dropout masks drawn from 15-bit integers (loraprune/models/fast_dropout.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from loraprune.run.adapters import add_lora
-from loraprune.run.config import LoraConfig
-from loraprune.run.fast_dropout import LEVELS, FastDropout
-from loraprune.run.models import TinySpec, load_model
+from loraprune.config.schema import LoraConfig
+from loraprune.models.adapters import add_lora
+from loraprune.models.fast_dropout import LEVELS, FastDropout
+from loraprune.models.loading import TinySpec, load_model
 
 
 def test_drop_rate_and_expectation():

@@ -21,8 +21,8 @@ from loraprune.core.schedule import build_schedule
 from loraprune.core.structure import Geometry, GroupKind, Slice, attention_kind, mlp_kind
 from loraprune.criteria import build_criterion
 from loraprune.criteria.flap import InputMoments
+from loraprune.models.loading import TinySpec, load_model
 from loraprune.pruners import CalibrationData, GroupPruner, PrunerSettings
-from loraprune.run.models import TinySpec, load_model
 from loraprune.run.pipeline import to_config
 from loraprune.run.resolve import ConfigError, resolve
 

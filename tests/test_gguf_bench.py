@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from loraprune.bench import cli, tables
+from loraprune.bench import tables
 from loraprune.bench.inference import measure_inference
+from loraprune.cli import bench as cli
+from loraprune.cli import gguf_ppl as gguf_ppl_cli
 from loraprune.core.structure import Geometry, decoder_layers
 from loraprune.core.surgery import apply_plan
 from loraprune.evaluation import gguf_ppl
 from loraprune.evaluation.ppl import TokenStream, window_losses
-from loraprune.run import gguf_ppl_cli
-from loraprune.run.models import TinySpec, tiny_model
+from loraprune.models.loading import TinySpec, tiny_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from loraprune import save_pruned
+from loraprune.cli import export as cli
 from loraprune.core.nm import nm_keep_mask
 from loraprune.core.plan import LayerKeep, PruningPlan
 from loraprune.core.structure import ALL_PROJECTIONS, Geometry, decoder_layers, projection
@@ -21,8 +22,7 @@ from loraprune.export.card import ModelCard
 from loraprune.export.gguf_errors import GGUFExportError
 from loraprune.export.gguf_model import hf_order, layout_of, rotary_order, write_gguf
 from loraprune.export.gguf_vocab import bpe_pre_type
-from loraprune.run import export_cli as cli
-from loraprune.run.models import TinySpec, tiny_model
+from loraprune.models.loading import TinySpec, tiny_model
 
 GQA = TinySpec(num_heads=8, num_kv_heads=2, num_layers=4, attention_bias=True)
 TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"

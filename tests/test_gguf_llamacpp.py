@@ -22,11 +22,11 @@ import pytest
 import torch
 
 from loraprune import save_pruned
+from loraprune.cli import export as cli
 from loraprune.core.plan import LayerKeep, PruningPlan
 from loraprune.core.structure import Geometry, decoder_layers
 from loraprune.core.surgery import apply_plan
 from loraprune.export.gguf_model import write_gguf
-from loraprune.run import export_cli as cli
 
 llama_cpp = pytest.importorskip(
     "llama_cpp", reason="needs llama-cpp-python (pip install 'loraprune[llamacpp]')"
@@ -76,7 +76,7 @@ def check(path: Path, model, ids: list[int], quant: str) -> None:
 def test_tiny_models_in_llama_cpp(tmp_path):
     from test_gguf_export import _empty, per_layer_plan, tiny
 
-    from loraprune.run.models import TinySpec
+    from loraprune.models.loading import TinySpec
 
     ids = torch.randint(3, 250, (20,), generator=torch.Generator().manual_seed(0)).tolist()
     model, tok = tiny()
@@ -119,7 +119,7 @@ def magnitude_plan(model) -> PruningPlan:
 @pytest.fixture(scope="module")
 def smollm(tmp_path_factory):
     """The embedded SmolLM2 dense and pruned (per-layer widths), each saved as a run's model."""
-    from loraprune.run.models import load_model
+    from loraprune.models.loading import load_model
 
     tmp = tmp_path_factory.mktemp("smollm")
     out = {}

@@ -109,7 +109,7 @@ def _explicit_mask_fisher(model, layer_idx: int, kind: GroupKind, batches) -> to
 def test_scores_equal_explicit_mask_gradients_and_the_pipeline_steps(case, tokens):
     from conftest import TINY_CASES
 
-    from loraprune.run.models import load_model
+    from loraprune.models.loading import load_model
 
     model, _ = load_model("tiny", tiny=TINY_CASES[case], dtype="float32", device="cpu")
     model.eval()

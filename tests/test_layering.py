@@ -10,7 +10,12 @@ submodule are not counted (they would put every module on a cycle through ``lora
 
 Layers (a module's layer is its subpackage under ``loraprune``), lowest first::
 
-    core, data < criteria < pruners < evaluation < run < report < top
+    core, data < criteria < pruners < evaluation < export < models < config < train < run < bench
+        < report < cli < top
+
+``models`` loads models and sets up LoRA; ``config`` is the typed schema; ``train`` the loop, data
+parallelism, checkpoints and resume; ``run`` resolves a config and runs the recipe; ``cli`` holds every
+console entry point.
 
 ``ALLOWED`` below is the rule, exactly: which layers each layer may import. ``loraprune/__init__.py``
 and ``loraprune/__main__.py`` are the top and may import anything; no other module may import them. A
@@ -28,17 +33,36 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "loraprune"
 ROOT = "loraprune"
 TOP = "top"
-LAYERS = ("core", "data", "criteria", "pruners", "evaluation", "export", "run", "bench", "report")
+LAYERS = (
+    "core",
+    "data",
+    "criteria",
+    "pruners",
+    "evaluation",
+    "export",
+    "models",
+    "config",
+    "train",
+    "run",
+    "bench",
+    "report",
+    "cli",
+)
+_BELOW_MODELS = {"core", "data", "criteria", "pruners", "evaluation", "export"}
 ALLOWED: dict[str, set[str]] = {
     "core": {"core"},
     "data": {"data"},
     "criteria": {"core", "criteria"},
     "pruners": {"core", "data", "criteria", "pruners"},
     "evaluation": {"core", "data", "evaluation"},
-    "export": {"core", "data", "evaluation", "export"},  # checkpoint files and cards; used by run
-    "run": set(LAYERS) - {"bench", "report"},
-    "bench": set(LAYERS) - {"report"},
-    "report": set(LAYERS),
+    "export": {"core", "data", "evaluation", "export"},  # checkpoint files and cards; used by train and run
+    "models": _BELOW_MODELS | {"models"},
+    "config": _BELOW_MODELS | {"models", "config"},
+    "train": _BELOW_MODELS | {"models", "config", "train"},
+    "run": _BELOW_MODELS | {"models", "config", "train", "run"},
+    "bench": _BELOW_MODELS | {"models", "config", "train", "run", "bench"},
+    "report": set(LAYERS) - {"cli"},
+    "cli": set(LAYERS),
     TOP: {*LAYERS, TOP},
 }
 

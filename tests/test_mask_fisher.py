@@ -10,8 +10,8 @@ from loraprune.core.schedule import build_schedule
 from loraprune.core.structure import Geometry, decoder_layers, projection
 from loraprune.criteria import build_criterion
 from loraprune.data import collate
+from loraprune.models.loading import TinySpec, load_model
 from loraprune.pruners import CalibrationData, GroupPruner, PrunerSettings
-from loraprune.run.models import TinySpec, load_model
 from tests.conftest import lora_with_random_b
 
 CASES = {"mha": TinySpec(num_heads=4, num_kv_heads=4), "gqa": TinySpec(num_heads=8, num_kv_heads=2)}

@@ -45,7 +45,7 @@ from conftest import CONF, OFFLINE_ENV, REPO, compose, run_cli
 from omegaconf import DictConfig, OmegaConf
 
 from loraprune.data.mirror import MIRROR_ENV, write_fixture_mirror
-from loraprune.run import shapes
+from loraprune.models import shapes
 from loraprune.run.pipeline import run, to_config
 from loraprune.run.resolve import ConfigError, RunPlan, resolve
 
@@ -168,7 +168,7 @@ def test_machine(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def local_model(tmp_path_factory) -> Path:
     """A tiny LLaMA checkpoint (weights, config, tokenizer) in a directory, as ``model.source=hub`` reads."""
-    from loraprune.run.models import TinySpec, load_model
+    from loraprune.models.loading import TinySpec, load_model
 
     model, tokenizer = load_model("tiny", tiny=TinySpec(), dtype="float32", device="cpu")
     path = tmp_path_factory.mktemp("hub_dir") / "my-llama"
@@ -186,7 +186,7 @@ def jobs_of(args: list[str]) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from loraprune.run.config import register_configs
+    from loraprune.config.schema import register_configs
 
     overrides = [a for a in args if a not in ("-m", "--multirun")]
     if len(overrides) == len(args):

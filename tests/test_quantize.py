@@ -7,16 +7,16 @@ import pytest
 import torch
 from conftest import compose
 
+from loraprune.config.schema import LoraConfig
 from loraprune.core.lora import dense_weight, is_quantized, lora_tensors
 from loraprune.core.schedule import build_schedule
 from loraprune.core.structure import Geometry, decoder_layers
 from loraprune.criteria import build_criterion, estimated_weight_grad
+from loraprune.models.adapters import add_lora
+from loraprune.models.loading import TinySpec, load_model
+from loraprune.models.quantize import quantize_base
 from loraprune.pruners import GroupPruner, PrunerSettings
-from loraprune.run.adapters import add_lora
-from loraprune.run.config import LoraConfig
-from loraprune.run.models import TinySpec, load_model
 from loraprune.run.pipeline import run, to_config
-from loraprune.run.quantize import quantize_base
 from loraprune.run.resolve import ConfigError, resolve
 
 pytest.importorskip("torchao")

@@ -169,7 +169,7 @@ def test_masked_equals_pruned_equals_saved_equals_reloaded(tiny, tokens, tmp_pat
 
 
 def test_reconstruction_follows_an_iterative_schedule_and_survives_a_checkpoint(tokens):
-    from loraprune.run.models import TinySpec, load_model
+    from loraprune.models.loading import TinySpec, load_model
 
     model, _ = load_model("tiny", tiny=TinySpec(num_heads=4, num_kv_heads=4), dtype="float32", device="cpu")
     pm, pruner = _pruner(model, "least_squares", schedule="linear", steps=3)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from test_tables import write_run, write_val_test_pair, write_windowed_run
 
+from loraprune.cli.results import main
 from loraprune.report.registry import (
     RegistryError,
     headline_attrs,
@@ -16,7 +17,6 @@ from loraprune.report.registry import (
     render_registry,
     rewrite_headlines,
 )
-from loraprune.report.registry_cli import main
 
 DOCS = list(range(20))
 BASE = {

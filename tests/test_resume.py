@@ -15,9 +15,9 @@ import pytest
 import torch
 from conftest import OFFLINE_ENV, compose
 
-from loraprune.run import resume
 from loraprune.run.pipeline import run, to_config
 from loraprune.run.resolve import ConfigError, resolve
+from loraprune.train import resume
 
 # 24 steps, a checkpoint every 4; 16 samples in micro-batches of 1, 2 per step: reshuffled every 8 steps
 RUN = ("debug=tiny", "trainer.steps=24", "trainer.save_every=4", "lora.dropout=0.1")

@@ -12,8 +12,8 @@ from loraprune.core.rounding import round_removal, round_selection, unit_multipl
 from loraprune.core.structure import Geometry
 from loraprune.core.surgery import apply_plan, count_parameters
 from loraprune.criteria import build_criterion
+from loraprune.models.loading import TinySpec, load_model
 from loraprune.pruners import GroupPruner, PrunerSettings
-from loraprune.run.models import TinySpec, load_model
 
 
 def test_unit_multiple_and_local_count():

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import CONF, compose, run_cli
 
-from loraprune.run import shapes
-from loraprune.run.models import load_config, load_model, model_location
+from loraprune.models import shapes
+from loraprune.models.loading import load_config, load_model, model_location
 
 # name: (class, layers, hidden, intermediate, heads, kv heads, head_dim, vocab, tied, q/k/v bias, params)
 # from each checkpoint's published config.json; params are the published totals.
@@ -121,7 +121,7 @@ def test_truncated_1b_shape_trains_in_bf16_on_cpu():
 def test_tokenizer_fits_a_32k_vocabulary():
     from transformers import AutoTokenizer
 
-    from loraprune.run.models import embedded_model_dir
+    from loraprune.models.loading import embedded_model_dir
 
     full = AutoTokenizer.from_pretrained(embedded_model_dir())
     assert shapes.fit_tokenizer(full, 128256) is full

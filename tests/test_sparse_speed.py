@@ -15,7 +15,7 @@ from loraprune.evaluation.sparse_speed import (
     two_four_by_magnitude,
     unsupported_reason,
 )
-from loraprune.run.models import TinySpec, load_model
+from loraprune.models.loading import TinySpec, load_model
 
 CUDA = torch.cuda.is_available()
 

@@ -75,7 +75,7 @@ def test_masked_equals_physically_pruned(tiny, tokens, unit):
 
 
 def test_query_head_keeps_equal_heads_per_kv_group(tokens):
-    from loraprune.run.models import TinySpec, load_model
+    from loraprune.models.loading import TinySpec, load_model
 
     model, _ = load_model("tiny", tiny=TinySpec(num_heads=8, num_kv_heads=2), dtype="float32", device="cpu")
     _, pruner, _ = _pruned(model, tokens, "query_head", ratio=0.5)
@@ -126,7 +126,7 @@ def test_pruned_groups_stay_pruned():
 def test_uniformly_pruned_model_loads_with_plain_from_pretrained(tokens, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from loraprune.run.models import TinySpec, load_model
+    from loraprune.models.loading import TinySpec, load_model
 
     model, tok = load_model("tiny", tiny=TinySpec(num_heads=8, num_kv_heads=2), dtype="float32", device="cpu")
     geo = Geometry.from_config(model.config)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import OFFLINE_ENV
 
-from loraprune.report.cli import main as table_main
+from loraprune.cli.table import main as table_main
 
 # two tiny cells: 16 fine-tune samples, and 1 sample, fewer than a micro-batch: fails at fine-tune time,
 # after validation, the model load and the dense evaluation

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import CONF, compose
 
-from loraprune.report.cli import main
+from loraprune.cli.table import main
 from loraprune.report.latex import to_latex
 from loraprune.report.layout import SetsError, build_tables, select_sets
 from loraprune.report.markdown import to_markdown
@@ -840,7 +840,7 @@ def _sweep_params(experiment: str) -> dict[str, list[str]]:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from loraprune.run.config import register_configs
+    from loraprune.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

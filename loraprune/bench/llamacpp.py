@@ -107,8 +107,8 @@ def _models(model: nn.Module, ratios: list[float], round_to: list[int | None], r
 
 
 def _run_model(run: str) -> nn.Module:
-    from loraprune.run.checkpoint import load_pruned
-    from loraprune.run.export_cli import model_dir_of
+    from loraprune.run.exporting import model_dir_of
+    from loraprune.train.checkpoint import load_pruned
 
     return load_pruned(model_dir_of(Path(run)))
 
@@ -129,7 +129,7 @@ def _measure_file(
     """One GGUF written (from ``model``, else the run's saved model), its size, llama.cpp speed and
     perplexity per stream; the file removed after unless ``keep``."""
     from loraprune.export.gguf_model import write_gguf
-    from loraprune.run.export_cli import export_gguf
+    from loraprune.run.exporting import export_gguf
 
     log.info("bench: gguf %s %s", path.stem, quant)
     if model is not None:

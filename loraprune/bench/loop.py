@@ -6,13 +6,13 @@ the project's default LoRA config and peft's own dropout, forward with labels, b
 AdamW; none of the project's code), ``lora`` (the same LoRA through the project's loop, no pruner),
 ``llm_pruner`` (LLM-Pruner's scoring: ∂L/∂W over its calibration samples, one-shot at step 0, then
 LoRA recovery) and any iterative criterion (``loraprune``, ``grad``, ...) on the cubic schedule. The
-loop is the project's own (:func:`loraprune.run.train.finetune`); phases are timed around it from the
+loop is the project's own (:func:`loraprune.train.loop.finetune`); phases are timed around it from the
 outside: forward (a hook on the model), backward (to the end of accumulation), scoring
 (``pruner.observe``), optimizer (clipping, AdamW, scheduler), mask updates (``pruner.step``) and data
 (collation before the next forward).
 
 ``python -m loraprune.bench.loop --model shape:llama_7b --dtype bf16 --method loraprune --steps 20`` prints
-one JSON line (used by :mod:`loraprune.bench.gpu_check`); :mod:`loraprune.bench.cli` runs every variant in a
+one JSON line (used by :mod:`loraprune.bench.gpu_check`); :mod:`loraprune.cli.bench` runs every variant in a
 process of its own. Batches are random token ids (memory and speed do not depend on their values).
 """
 
@@ -26,14 +26,14 @@ from typing import Any
 import torch
 
 from loraprune.bench.process import Peak, cpu_counters
+from loraprune.config.schema import LoraConfig, TrainerConfig
 from loraprune.core.lora import is_quantized
 from loraprune.core.schedule import build_schedule
 from loraprune.core.structure import Geometry, default_excluded_layers
 from loraprune.criteria import build_criterion
+from loraprune.models.adapters import add_lora
 from loraprune.pruners import CalibrationData, PrunerSettings, build_pruner
-from loraprune.run.adapters import add_lora
-from loraprune.run.config import LoraConfig, TrainerConfig
-from loraprune.run.train import PruningHooks, StepHooks, finetune
+from loraprune.train.loop import PruningHooks, StepHooks, finetune
 
 LORA_ONLY = "lora"  # LoRA fine-tuning in the project's loop, no pruner
 PLAIN_PEFT = "peft"  # LoRA fine-tuning in a user's plain loop: the reference the default's loop is held to
@@ -46,7 +46,7 @@ def load(spec: str, dtype: str = "fp32", device: str = "cpu", layers: int | None
     """``(model, tokenizer, weights)`` for ``spec``: ``tiny`` (a tiny random LLaMA), ``embedded``,
     ``shape:<name>`` (random weights of a known architecture; ``layers`` keeps that many), a hub id or a
     local directory. ``weights`` is ``random`` or ``pretrained``. ``quantize``: ``int8``/``nf4`` base."""
-    from loraprune.run.models import TinySpec, load_model
+    from loraprune.models.loading import TinySpec, load_model
 
     name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
     if spec.startswith("shape:"):
@@ -60,7 +60,7 @@ def load(spec: str, dtype: str = "fp32", device: str = "cpu", layers: int | None
         source, path, tiny=TinySpec(), dtype=name, device=device, shape_overrides=overrides
     )
     if quantize:
-        from loraprune.run.quantize import quantize_base
+        from loraprune.models.quantize import quantize_base
 
         quantize_base(model, quantize)
     return model, tok, "random" if source in ("tiny", "shape") else "pretrained"

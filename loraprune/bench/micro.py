@@ -1,7 +1,7 @@
 """Two side-by-side micro-benchmarks behind changes to the loop (each prints its ratio from one run):
 
 - ``dropout``: a LoRA fine-tuning step (forward + backward) with torch's ``nn.Dropout`` against
-  :class:`~loraprune.run.fast_dropout.FastDropout` on the LoRA branches, alternating step by step in one
+  :class:`~loraprune.models.fast_dropout.FastDropout` on the LoRA branches, alternating step by step in one
   process on the same model and batch (the median of each, and CPU seconds per step);
 - ``scoring``: LoRAPrune's channel scores of one decoder layer of a shape (all seven projections) with
   every full-size matrix materialised (G, W + s·B·A, their product) against the blocked
@@ -23,12 +23,12 @@ from torch import nn
 
 from loraprune.bench.loop import load, random_samples
 from loraprune.bench.process import cpu_counters
+from loraprune.config.schema import LoraConfig
 from loraprune.core.lora import LoraTensors
 from loraprune.criteria.lora_grad import estimated_weight_grad, lora_channel_sums
 from loraprune.data import collate
-from loraprune.run.adapters import add_lora
-from loraprune.run.config import LoraConfig
-from loraprune.run.fast_dropout import FastDropout
+from loraprune.models.adapters import add_lora
+from loraprune.models.fast_dropout import FastDropout
 
 
 def _cpu_seconds() -> float:
@@ -67,7 +67,7 @@ def dropout_ab(model: str = "embedded", steps: int = 8, batch: int = 4, seq_len:
 
 
 def _layer_tensors(shape: str, r: int = 8) -> list[tuple[LoraTensors, int]]:
-    from loraprune.run.shapes import shape_config
+    from loraprune.models.shapes import shape_config
 
     cfg = shape_config(shape)
     h, i = cfg.hidden_size, cfg.intermediate_size
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument(
-        "--shape", default="tinyllama_1b", help="scoring: a known shape (loraprune/run/shapes.py)"
+        "--shape", default="tinyllama_1b", help="scoring: a known shape (loraprune/models/shapes.py)"
     )
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)

@@ -3,7 +3,7 @@
 CPU: Linux's resident-set high-water mark (``VmHWM`` in ``/proc/self/status``), reset to the current
 RSS by writing ``5`` to ``/proc/self/clear_refs``: the exact peak between :meth:`Peak.start` and
 :meth:`Peak.stop`, not a sample. Where that is not available (not Linux), a sampling thread
-(:class:`loraprune.run.memory.PeakMemory`) stands in. CUDA: ``max_memory_allocated`` above the memory
+(:class:`loraprune.train.memory.PeakMemory`) stands in. CUDA: ``max_memory_allocated`` above the memory
 allocated at the start.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import torch
 
-from loraprune.run.memory import PeakMemory
+from loraprune.train.memory import PeakMemory
 
 GIB = 1024**3
 _STATUS = Path("/proc/self/status")

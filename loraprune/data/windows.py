@@ -46,9 +46,7 @@ def plain_text(name: str, holdout_val: bool = False) -> str:
     """The text of plain-text source ``name`` (an embedded corpus's fine-tune side, or a ``.txt`` file)."""
     check_plain_text_source(name)
     if name in EMBEDDED_SOURCES:
-        return "\n\n".join(
-            embedded_docs(name, "finetune", holdout_val=holdout_val)
-        )
+        return "\n\n".join(embedded_docs(name, "finetune", holdout_val=holdout_val))
     return read_text_file(Path(name).expanduser())
 
 

@@ -7,7 +7,7 @@ context with no BOS, and each window's summed NLL is computed from its logits as
 :func:`~loraprune.evaluation.ppl.window_nll` does, so the numbers compare with a run's ``metrics.json``
 and between files window by window. Example::
 
-    python -m loraprune.run.gguf_ppl_cli dense-q4_k_m.gguf pruned-f16.gguf pruned-q4_k_m.gguf \\
+    python -m loraprune.cli.gguf_ppl dense-q4_k_m.gguf pruned-f16.gguf pruned-q4_k_m.gguf \\
         --sets wiki_embedded,news_embedded --max-windows 64
 """
 

@@ -8,7 +8,7 @@ none falls back to a bare config with a model-type warning. Registering ``pruned
 ``AutoConfig`` answers from the copy installed with loraprune (the same file as the one saved next to
 the weights): no question, no wait, no warning. Only the config is registered: it imports nothing
 beyond transformers' LLaMA config, so ``import loraprune`` stays light; loraprune loads the model class
-itself (:func:`loraprune.run.checkpoint.load_pruned`). ``trust_remote_code=True`` still loads as before.
+itself (:func:`loraprune.train.checkpoint.load_pruned`). ``trust_remote_code=True`` still loads as before.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ differences against a reference row), :mod:`~loraprune.report.reference` (the pu
 :mod:`~loraprune.report.layout` (rows into one table per model, columns and notes),
 :mod:`~loraprune.report.cells` (header and formatted cells), :mod:`~loraprune.report.markdown`,
 :mod:`~loraprune.report.latex`, :mod:`~loraprune.report.plots` (PNG figures),
-:mod:`~loraprune.report.cli` (the ``loraprune-table`` command), :mod:`~loraprune.report.registry` (the
-``results/`` registry: adding runs, rendering its tables) and :mod:`~loraprune.report.registry_cli` (the
+:mod:`~loraprune.cli.table` (the ``loraprune-table`` command), :mod:`~loraprune.report.registry` (the
+``results/`` registry: adding runs, rendering its tables) and :mod:`~loraprune.cli.results` (the
 ``loraprune-results`` command); :mod:`~loraprune.report.sweep` counts a sweep's failed jobs when it ends
 (a Hydra callback). Column labels and the reading of one ``metrics.json`` live in the run layer,
 :mod:`loraprune.run.results`.

@@ -23,9 +23,9 @@ from typing import Any, NoReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from loraprune.run import distributed
 from loraprune.run.pipeline import to_config
 from loraprune.run.resolve import ConfigError, check_creatable, resolve
+from loraprune.train import distributed
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
 _OURS = "_LORAPRUNE_SET_HYDRA_FULL_ERROR"  # set while FULL_ERROR is ours, not the user's

@@ -5,7 +5,7 @@ Every ``metrics.json`` below a directory (a Hydra multirun, or any tree of runs)
 its own row. The settings (:mod:`loraprune.report.settings`) come from the run block or the
 ``config.yaml`` beside it; the per-window losses (:mod:`loraprune.report.windows`) ride along for
 intervals. A sweep cell that failed
-(``failed.json``, :mod:`loraprune.run.failure`) gets a row marked failed, with the error's first line.
+(``failed.json``, :mod:`loraprune.train.failure`) gets a row marked failed, with the error's first line.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import yaml
 from loraprune.evaluation.intervals import Interval
 from loraprune.report.settings import qualify, run_settings
 from loraprune.report.windows import STAGE_OF_KIND, StageLosses, read_window_losses
-from loraprune.run.failure import FAILED, read_failure
 from loraprune.run.results import pct, peak_memory, zeroshot_protocol, zeroshot_scores
+from loraprune.train.failure import FAILED, read_failure
 
 log = logging.getLogger("loraprune")
 

@@ -2,7 +2,7 @@
 
 Jobs may run in other processes (joblib, SLURM), so the count comes from the files they leave, stamped
 after this launch began: every job rewrites ``.hydra/overrides.yaml`` in its directory, a failed one writes
-``failed.json`` (:mod:`loraprune.run.failure`). Files from an earlier launch into the same
+``failed.json`` (:mod:`loraprune.train.failure`). Files from an earlier launch into the same
 ``hydra.sweep.dir`` are older and do not count: a cell skipped as finished, or one that is not in this
 sweep, is judged by this launch only. :class:`SweepOutcome` is the Hydra callback (``conf/config.yaml``)
 that takes the count; the entry point reads it with :func:`last_outcome` and sets the exit status. (It
@@ -21,7 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from loraprune.run.failure import FAILED
+from loraprune.train.failure import FAILED
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from loraprune import data
+from loraprune.config.schema import LoraPruneConfig
 from loraprune.evaluation.intervals import bootstrap_ppl
 from loraprune.evaluation.ppl import TokenStream, WindowLosses, tokenize_documents, window_losses
-from loraprune.run.checkpoint import write_json
-from loraprune.run.config import LoraPruneConfig
-from loraprune.run.models import cache_dir
+from loraprune.models.loading import cache_dir
+from loraprune.train.checkpoint import write_json
 
 log = logging.getLogger("loraprune")
 

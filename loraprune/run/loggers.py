@@ -9,6 +9,8 @@ import secrets
 from pathlib import Path
 from typing import Any, Protocol
 
+from loraprune.train.resume import WANDB_RUN_ID
+
 log = logging.getLogger("loraprune")
 
 
@@ -66,9 +68,6 @@ class ConsoleLogger:
 
     def close(self) -> None:
         pass
-
-
-WANDB_RUN_ID = "wandb_run_id.txt"  # the W&B run a resumed run continues
 
 
 class WandbLogger:

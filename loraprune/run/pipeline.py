@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from loraprune import data
+from loraprune.config.schema import LoraPruneConfig
 from loraprune.core.nm import sparsity_report
 from loraprune.core.plan import PruningPlan
 from loraprune.core.schedule import build_schedule
@@ -24,27 +25,26 @@ from loraprune.core.surgery import count_parameters, decoder_parameters
 from loraprune.criteria import CRITERIA, build_criterion
 from loraprune.evaluation import sparse_speed
 from loraprune.export.card import cli_command
+from loraprune.models.adapters import add_lora
+from loraprune.models.loading import load_model, model_path
+from loraprune.models.quantize import quantize_base
+from loraprune.models.shapes import weights_kind
 from loraprune.pruners import CalibrationData, Pruner, PruneResult, build_pruner
-from loraprune.run import distributed
-from loraprune.run.adapters import add_lora
-from loraprune.run.checkpoint import save_pruned, write_json, write_text
-from loraprune.run.config import LoraPruneConfig
 from loraprune.run.evaluate import EvalRecord, coverage, evaluate_ppl, load_eval_streams
 from loraprune.run.loggers import Logger, MultiLogger, build_logger
-from loraprune.run.memory import PeakMemory
-from loraprune.run.models import load_model, model_path
 from loraprune.run.provenance import provenance
-from loraprune.run.quantize import quantize_base
 from loraprune.run.resolve import ConfigError, RunPlan, check_option_keys, resolve
-from loraprune.run.resume import (
+from loraprune.train import distributed
+from loraprune.train.checkpoint import save_pruned, write_json, write_text
+from loraprune.train.loop import finetune, steps_for
+from loraprune.train.memory import PeakMemory
+from loraprune.train.resume import (
     Checkpointer,
     earlier_metrics,
     prepare_resume,
     remove_checkpoints,
     start_fresh,
 )
-from loraprune.run.shapes import weights_kind
-from loraprune.run.train import finetune, steps_for
 
 log = logging.getLogger("loraprune")
 
@@ -67,7 +67,7 @@ def run(cfg: DictConfig | LoraPruneConfig) -> dict[str, Any]:
     """Run one fine-tune-and-prune experiment; returns (and writes) its metrics.
 
     Launched on several processes (``torchrun`` / ``accelerate launch``) the fine-tune is data parallel
-    (:mod:`loraprune.run.distributed`): rank 0 evaluates and writes everything; the other ranks train
+    (:mod:`loraprune.train.distributed`): rank 0 evaluates and writes everything; the other ranks train
     and prune with it, then return ``{"objective": None}`` without writing anything.
     """
     started = time.time()

@@ -19,6 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from loraprune import data
+from loraprune.config.schema import LoraPruneConfig
 from loraprune.core.budget import ratio_for_param_fraction
 from loraprune.core.depth import layers_for_target
 from loraprune.core.importance import NORMALIZE_ORDERS
@@ -33,9 +34,8 @@ from loraprune.core.structure import (
 from loraprune.core.surgery import count_parameters
 from loraprune.criteria import CRITERIA, FlapOptions, build_options, criterion_options
 from loraprune.data.finetune import holds_out_val
+from loraprune.models.loading import load_config, model_location, model_path, resolve_device, resolve_dtype
 from loraprune.pruners import SELECTIONS, PrunerSettings
-from loraprune.run.config import LoraPruneConfig
-from loraprune.run.models import load_config, model_location, model_path, resolve_device, resolve_dtype
 
 SCHEDULES = ("cubic", "linear", "one_shot")
 
@@ -106,7 +106,7 @@ def validate(cfg: LoraPruneConfig) -> None:
 
 
 def _validate_quantize(cfg: LoraPruneConfig) -> None:
-    from loraprune.run.quantize import check_backend
+    from loraprune.models.quantize import check_backend
 
     q = cfg.model.quantize
     if q is None:
@@ -598,7 +598,7 @@ def run_dir_of(cfg: LoraPruneConfig) -> Path:
 def check_run_dir(cfg: LoraPruneConfig) -> Path:
     """The run directory, refused if it cannot be made, or if it holds a finished or an unfinished run and
     neither ``resume`` (continue / re-report the same run) nor ``overwrite`` (start again) is set."""
-    from loraprune.run import resume
+    from loraprune.train import resume
 
     run_dir = run_dir_of(cfg)
     state = resume.run_state(run_dir)

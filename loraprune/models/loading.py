@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from loraprune.data.embedded_model import embedded_gguf_path
-from loraprune.run import shapes
+from loraprune.models import shapes
 
 log = logging.getLogger(__name__)
 

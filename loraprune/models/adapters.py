@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from typing import Protocol
 
-from loraprune.run.config import LoraConfig
-from loraprune.run.fast_dropout import use_fast_dropout
+from loraprune.models.fast_dropout import use_fast_dropout
 
 
-def add_lora(model, lora: LoraConfig):
+class LoraSettings(Protocol):
+    """What :func:`add_lora` reads of the ``lora`` node (:class:`loraprune.config.schema.LoraConfig`)."""
+
+    r: int
+    alpha: int
+    dropout: float
+    fast_dropout: bool
+    target_modules: Sequence[str]
+
+
+def add_lora(model, lora: LoraSettings):
     """Wrap ``model`` with peft LoRA adapters (the base frozen; LoRA in fp32 even on a bf16 base); with
-    ``lora.fast_dropout`` the branches' dropout is :class:`~loraprune.run.fast_dropout.FastDropout`."""
+    ``lora.fast_dropout`` the branches' dropout is :class:`~loraprune.models.fast_dropout.FastDropout`."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 

@@ -154,7 +154,7 @@ def split_variant(variant: str, default_quantize: str | None) -> tuple[str, str 
 
 def check_model(spec: str) -> None:
     """A one-line ValueError for a model that cannot load (unknown shape, missing local dir), cheaply."""
-    from loraprune.run.models import model_location
+    from loraprune.models.loading import model_location
 
     if spec.startswith("shape:"):
         model_location("shape", spec.split(":", 1)[1])
@@ -169,7 +169,7 @@ def check_model(spec: str) -> None:
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run the figures ``args`` asks for; returns the JSON-able result."""
-    from loraprune.run.quantize import check_backend
+    from loraprune.models.quantize import check_backend
 
     check_model(args.model)
     check_backend(args.quantize)
@@ -178,7 +178,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
         check_gguf_figure(args.gguf_quants)
         if args.gguf_run:
-            from loraprune.run.export_cli import ExportError, model_dir_of
+            from loraprune.run.exporting import ExportError, model_dir_of
 
             try:
                 model_dir_of(Path(args.gguf_run))

@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
+from loraprune.config.schema import ModelConfig
 from loraprune.core.structure import Geometry
+from loraprune.models.loading import load_config, model_path
 from loraprune.report.cuts import cut_table, profile_from_metrics
-from loraprune.run.config import ModelConfig
-from loraprune.run.models import load_config, model_path
 
 
 def _label(metrics: dict) -> str:

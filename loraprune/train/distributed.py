@@ -5,7 +5,7 @@ Launched by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1) a run sta
 
 - The global batch is the single-process one: every rank walks the same seeded micro-batch sequence and
   takes its own contiguous share of each step's ``batch_size / micro_batch_size`` micro-batches
-  (``loraprune.run.train``); DDP averages the gradients once per step, at the last local backward.
+  (``loraprune.train.loop``); DDP averages the gradients once per step, at the last local backward.
 - The pruner reads the synchronized gradients (``after_accumulation`` runs after that backward), so every
   rank decides the same; as a safeguard rank 0's decision is broadcast whenever it may have changed and
   any rank that disagreed takes it over (:func:`sync_decision`; counted in ``steps.jsonl``).
@@ -26,9 +26,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from loraprune.config.schema import LoraPruneConfig
 from loraprune.pruners import Pruner
-from loraprune.run.config import LoraPruneConfig
-from loraprune.run.train import PruningHooks
+from loraprune.train.loop import PruningHooks
 
 log = logging.getLogger("loraprune")
 

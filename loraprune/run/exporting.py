@@ -1,16 +1,8 @@
-"""``loraprune-export RUN_DIR --out DIR [--dtype bf16] [--form auto|stock|per_layer|gguf] [--quant TYPE]
-[--push-to-hub REPO]``.
-
-Re-exports the model of a run (``RUN_DIR/model``, or a saved model directory itself): loads it, casts it
-(e.g. to bfloat16), writes it in the chosen form with its model card, and optionally uploads the folder
-to the Hugging Face Hub through ``huggingface_hub``. ``--form gguf --out FILE.gguf`` writes one GGUF file
-for llama.cpp instead (``--quant``: f32, f16, bf16, or a llama.cpp type such as q8_0 or q4_k_m, made by
-llama.cpp's own quantizer through llama-cpp-python).
-"""
+"""Re-exporting a run's model (``loraprune-export``, :mod:`loraprune.cli.export`): load it, cast it, write
+it in a chosen form with its model card, upload it to the Hub, or write one GGUF file for llama.cpp."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -31,7 +23,7 @@ class ExportError(Exception):
 
 def model_dir_of(run_dir: Path) -> Path:
     """The saved model of a run directory (``RUN_DIR/model``) or ``run_dir`` itself if it is one."""
-    from loraprune.run.checkpoint import PLAN_FILE
+    from loraprune.train.checkpoint import PLAN_FILE
 
     for candidate in (run_dir / "model", run_dir):
         if (candidate / PLAN_FILE).is_file():
@@ -102,8 +94,8 @@ def export(
     """Re-export a run's model to ``out`` (see the module docstring); returns ``out``."""
     from loraprune.core.plan import PruningPlan
     from loraprune.export.files import nm_pattern
-    from loraprune.run.checkpoint import PLAN_FILE, load_pruned, save_pruned
-    from loraprune.run.models import resolve_dtype
+    from loraprune.models.loading import resolve_dtype
+    from loraprune.train.checkpoint import PLAN_FILE, load_pruned, save_pruned
 
     run_dir, out = Path(run_dir), Path(out)
     token = check_can_push() if push_to_hub else None
@@ -140,7 +132,7 @@ def export_gguf(run_dir: str | Path, out: str | Path, quant: str = "f16") -> dic
     from loraprune.export.gguf_errors import GGUFExportError
     from loraprune.export.gguf_model import write_gguf
     from loraprune.export.gguf_quant import QUANT_TYPES, binding, parse_type
-    from loraprune.run.checkpoint import PLAN_FILE, load_pruned
+    from loraprune.train.checkpoint import PLAN_FILE, load_pruned
 
     run_dir, out = Path(run_dir), Path(out)
     try:
@@ -155,53 +147,3 @@ def export_gguf(run_dir: str | Path, out: str | Path, quant: str = "f16") -> dic
         return write_gguf(model, tokenizer, out, quant=quant, card=card_of(run_dir, model_dir), plan=plan)
     except GGUFExportError as e:
         raise ExportError(str(e)) from None
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
-    parser.add_argument("run_dir", type=Path, help="a run directory (with model/) or a saved model directory")
-    parser.add_argument("--out", type=Path, required=True, help="the folder to write (a .gguf file: gguf)")
-    parser.add_argument("--dtype", help="cast the weights: bf16, fp16, fp32 (default: as saved)")
-    parser.add_argument(
-        "--form",
-        choices=("auto", "stock", "per_layer", "gguf"),
-        default="auto",
-        help="stock: the base's own class (uniform widths only); per_layer: custom code; "
-        "auto (default): stock where possible; gguf: one file for llama.cpp",
-    )
-    parser.add_argument(
-        "--quant",
-        metavar="TYPE",
-        help="--form gguf only: f32, f16 (default), bf16, or a llama.cpp type (q8_0, q4_0, q4_k_m, ...; "
-        "needs llama-cpp-python)",
-    )
-    parser.add_argument(
-        "--push-to-hub", metavar="REPO", help="upload the folder to this Hub repo (needs a token)"
-    )
-    parser.add_argument("--private", action="store_true", help="create the Hub repo private")
-    args = parser.parse_args(argv)
-    try:
-        if args.form == "gguf":
-            if args.dtype or args.push_to_hub:
-                raise ExportError("--form gguf takes --quant for its type and writes a local file only")
-            result = export_gguf(args.run_dir, args.out, args.quant or "f16")
-            print(result["path"])
-            return
-        if args.quant:
-            raise ExportError("--quant applies to --form gguf only")
-        out = export(
-            args.run_dir,
-            args.out,
-            dtype=args.dtype,
-            form=args.form,
-            push_to_hub=args.push_to_hub,
-            private=args.private,
-        )
-    except (ExportError, FileNotFoundError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(out)
-
-
-if __name__ == "__main__":
-    main()

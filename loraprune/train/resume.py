@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from loraprune.run.failure import FAILED, TRACEBACK
-from loraprune.run.loggers import WANDB_RUN_ID
+from loraprune.train.failure import FAILED, TRACEBACK
 
 log = logging.getLogger("loraprune")
 
@@ -38,6 +37,8 @@ STEPS_LOG = "steps.jsonl"
 METRICS_SO_FAR = "metrics_so_far.json"
 # test hook: SIGKILL this process in the middle of writing the checkpoint of this step
 KILL_IN_WRITE_ENV = "LORAPRUNE_TEST_KILL_IN_CHECKPOINT"
+
+WANDB_RUN_ID = "wandb_run_id.txt"  # the W&B run a resumed run continues
 
 
 @dataclass

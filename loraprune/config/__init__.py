@@ -1,0 +1,1 @@
+"""The typed config schema (dataclasses Hydra validates every preset and override against)."""

@@ -1,0 +1,1 @@
+"""Models: loading (hub, local, embedded, tiny, shapes), quantization, LoRA adapters, CPU dropout."""

@@ -1,0 +1,1 @@
+"""Training: the fine-tune loop, data parallelism, checkpoints, resume, failure records, memory."""
