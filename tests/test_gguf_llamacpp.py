@@ -154,3 +154,15 @@ def test_smollm_in_llama_cpp(smollm, tmp_path, name):
             break
     llm.close()
     assert got == expected
+
+
+def test_a_depth_cut_model_runs_in_llama_cpp(tmp_path):
+    """Whole blocks removed (ShortGPT's cut): a stock llama with fewer blocks, the same function."""
+    from test_gguf_export import tiny
+
+    model, tok = tiny()
+    apply_plan(model, PruningPlan(Geometry.from_config(model.config), removed_layers=[1, 2]))
+    ids = tok(TEXT)["input_ids"][:40]
+    path = tmp_path / "depth.gguf"
+    assert write_gguf(model, tok, path, quant="f32")["arch"] == "llama"
+    check(path, model.eval(), ids, "f32")
