@@ -100,6 +100,9 @@ def test_zero_shot_counts_are_checked_when_enabled(tmp_path):
     out = f"output_dir={tmp_path / 'run'}"
     with pytest.raises(ConfigError, match="eval.zeroshot.limit must be > 0"):
         resolve(to_config(compose("debug=tiny", "eval.zeroshot.enabled=true", "eval.zeroshot.limit=0", out)))
+    offline = ("debug=tiny", "eval.zeroshot.enabled=true", "eval.zeroshot.source=offline")
+    with pytest.raises(ConfigError, match=r"no offline copy of eval.zeroshot.tasks \['piqaa'\]"):
+        resolve(to_config(compose(*offline, "eval.zeroshot.tasks=[piqa,piqaa]", out)))
 
 
 def test_hydra_messages_become_one_line():

@@ -357,6 +357,16 @@ def _validate_counts(cfg: LoraPruneConfig) -> None:
         _check(zs.batch_size >= 1, f"eval.zeroshot.batch_size must be >= 1, got {zs.batch_size}")
         _check(zs.num_fewshot >= 0, f"eval.zeroshot.num_fewshot must be >= 0, got {zs.num_fewshot}")
         _check(bool(zs.tasks), "eval.zeroshot.tasks is empty (or set eval.zeroshot.enabled=false)")
+        if (
+            zs.source == "offline"
+        ):  # hub task names are lm-eval's to check (its registry takes seconds to index)
+            from loraprune.evaluation.offline_tasks import OFFLINE_TASKS
+
+            unknown = [str(t) for t in zs.tasks if t not in OFFLINE_TASKS]
+            _check(
+                not unknown,
+                f"no offline copy of eval.zeroshot.tasks {unknown}; offline: {sorted(OFFLINE_TASKS)}",
+            )
     if cfg.model.source == "tiny":
         tiny = cfg.model.tiny
         names = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
