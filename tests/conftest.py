@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from loraprune.models.loading import TinySpec, load_model
+from loraprune.pruners import CalibrationData
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "loraprune" / "conf"
@@ -83,3 +84,13 @@ def lora_with_random_b(model, r: int):
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return pm
+
+
+def calibration_samples(n: int = 4) -> CalibrationData:
+    """``n`` calibration samples of 20 random token ids (seeded) for tiny-model criteria tests."""
+    g = torch.Generator().manual_seed(5)
+    samples = []
+    for _ in range(n):
+        ids = torch.randint(3, 259, (20,), generator=g).tolist()
+        samples.append({"input_ids": ids, "labels": ids})
+    return CalibrationData(samples, pad_token_id=0)

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose, lora_with_random_b
+from conftest import calibration_samples, compose, lora_with_random_b
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -22,7 +22,7 @@ from loraprune.core.structure import Geometry, GroupKind, Slice, attention_kind,
 from loraprune.criteria import build_criterion
 from loraprune.criteria.flap import InputMoments
 from loraprune.models.loading import TinySpec, load_model
-from loraprune.pruners import CalibrationData, GroupPruner, PrunerSettings
+from loraprune.pruners import GroupPruner, PrunerSettings
 from loraprune.run.pipeline import to_config
 from loraprune.run.resolve import ConfigError, resolve
 
@@ -175,15 +175,6 @@ def test_bias_equals_the_removed_channels_mean_contribution():
         assert torch.allclose(down(mean[kept]), dense_on_mean, atol=1e-5)
 
 
-def _calibration(n: int = 4) -> CalibrationData:
-    g = torch.Generator().manual_seed(5)
-    samples = []
-    for _ in range(n):
-        ids = torch.randint(3, 259, (20,), generator=g).tolist()
-        samples.append({"input_ids": ids, "labels": ids})
-    return CalibrationData(samples, pad_token_id=0)
-
-
 def _flap_pruner(model, excluded: list[int], selection: str = "adaptive", ratio: float = 0.5):
     geo = Geometry.from_config(model.config)
     pm = lora_with_random_b(model, 4)
@@ -200,7 +191,7 @@ def _flap_pruner(model, excluded: list[int], selection: str = "adaptive", ratio:
 def test_masked_equals_pruned_equals_saved_equals_reloaded(tiny, tokens, tmp_path, excluded, selection, form):
     model, tok = tiny
     pm, pruner = _flap_pruner(model, excluded, selection)
-    pruner.prepare(_calibration())
+    pruner.prepare(calibration_samples())
     assert pruner.input_means and pruner.released
     pm.eval()
     with torch.no_grad():
@@ -238,7 +229,7 @@ def test_masked_equals_pruned_equals_saved_equals_reloaded(tiny, tokens, tmp_pat
 def test_fill_survives_a_checkpoint_of_the_pruner(tokens):
     model, _ = load_model("tiny", tiny=TinySpec(num_heads=4, num_kv_heads=4), dtype="float32", device="cpu")
     pm, pruner = _flap_pruner(model, [0])
-    pruner.prepare(_calibration())
+    pruner.prepare(calibration_samples())
     state = pruner.state_dict()
     pm.eval()
     with torch.no_grad():
@@ -294,7 +285,7 @@ def test_flap_scores_unit_mlp_kind_of_a_real_layer():
     geo = Geometry.from_config(model.config)
     layer = model.model.layers[2]
     crit = build_criterion("flap")
-    batches = _calibration().batches(4, None)
+    batches = calibration_samples().batches(4, None)
     crit.calibrate(model, [layer.mlp.down_proj], batches)
     kind = mlp_kind(geo)
     z = crit.unit_scores(layer, kind)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import compose, lora_with_random_b
+from conftest import calibration_samples, compose, lora_with_random_b
 from torch import nn
 
 from loraprune.core.masks import select_budget
@@ -23,7 +23,7 @@ from loraprune.core.structure import (
     removable_counts,
 )
 from loraprune.criteria import build_criterion
-from loraprune.pruners import CalibrationData, GroupPruner, PrunerSettings
+from loraprune.pruners import GroupPruner, PrunerSettings
 from loraprune.run.pipeline import to_config
 from loraprune.run.resolve import ConfigError, resolve
 
@@ -77,15 +77,6 @@ def test_rearrangement_by_hand():
     assert rearrange(torch.zeros(3, dtype=torch.bool), grads).tolist() == [False] * 3
 
 
-def _calibration(n: int = 4) -> CalibrationData:
-    g = torch.Generator().manual_seed(5)
-    samples = []
-    for _ in range(n):
-        ids = torch.randint(3, 259, (20,), generator=g).tolist()
-        samples.append({"input_ids": ids, "labels": ids})
-    return CalibrationData(samples, pad_token_id=0)
-
-
 def _explicit_mask_fisher(model, layer_idx: int, kind: GroupKind, batches) -> torch.Tensor:
     """Σ_samples (∂L/∂m_u)² with an explicit mask multiplying the projection's input channels."""
     from loraprune.core.masks import masked_input_slice
@@ -115,7 +106,7 @@ def test_scores_equal_explicit_mask_gradients_and_the_pipeline_steps(case, token
     model.eval()
     geo = Geometry.from_config(model.config)
     kinds = [attention_kind(geo, "kv_group"), mlp_kind(geo)]
-    batches = _calibration().batches(4, None)
+    batches = calibration_samples().batches(4, None)
     expected = {(i, k.name): _explicit_mask_fisher(model, i, k, batches) for i in (1, 2) for k in kinds}
     pm = lora_with_random_b(model, 4)
     with torch.no_grad():  # LoRA's B back to zero: the dense model the explicit masks saw
@@ -146,7 +137,7 @@ def test_scores_equal_explicit_mask_gradients_and_the_pipeline_steps(case, token
         return refine(layer, kind, removed)
 
     crit.refine_removed = spy
-    pruner.prepare(_calibration())
+    pruner.prepare(calibration_samples())
     scores = {key: value[2] for key, value in captured.items()}
     for key, value in expected.items():
         assert torch.allclose(scores[key], value, rtol=1e-3, atol=1e-8), key

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose, lora_with_random_b
+from conftest import calibration_samples, compose, lora_with_random_b
 
 from loraprune import load_pruned, save_pruned
 from loraprune.core.reconstruct import (
@@ -20,7 +20,7 @@ from loraprune.core.reconstruct import (
 from loraprune.core.schedule import build_schedule
 from loraprune.core.structure import Geometry
 from loraprune.criteria import build_criterion
-from loraprune.pruners import CalibrationData, GroupPruner, PrunerSettings
+from loraprune.pruners import GroupPruner, PrunerSettings
 from loraprune.run.pipeline import to_config
 from loraprune.run.resolve import ConfigError, resolve
 
@@ -120,15 +120,6 @@ def test_apply_and_merge_agree():
     assert bias_map(stats.mean, removed).predict is None
 
 
-def _calibration(n: int = 4) -> CalibrationData:
-    g = torch.Generator().manual_seed(5)
-    samples = []
-    for _ in range(n):
-        ids = torch.randint(3, 259, (20,), generator=g).tolist()
-        samples.append({"input_ids": ids, "labels": ids})
-    return CalibrationData(samples, pad_token_id=0)
-
-
 def _pruner(model, reconstruct: str, schedule: str = "one_shot", steps: int = 1, selection: str = "local"):
     geo = Geometry.from_config(model.config)
     pm = lora_with_random_b(model, 4)
@@ -150,7 +141,7 @@ def _pruner(model, reconstruct: str, schedule: str = "one_shot", steps: int = 1,
 def test_masked_equals_pruned_equals_saved_equals_reloaded(tiny, tokens, tmp_path, reconstruct):
     model, tok = tiny
     pm, pruner = _pruner(model, reconstruct)
-    pruner.prepare(_calibration())
+    pruner.prepare(calibration_samples())
     assert pruner.released and not pruner.input_stats  # the Grams are freed once the maps are fixed
     pm.eval()
     with torch.no_grad():
@@ -173,7 +164,7 @@ def test_reconstruction_follows_an_iterative_schedule_and_survives_a_checkpoint(
 
     model, _ = load_model("tiny", tiny=TinySpec(num_heads=4, num_kv_heads=4), dtype="float32", device="cpu")
     pm, pruner = _pruner(model, "least_squares", schedule="linear", steps=3)
-    pruner.prepare(_calibration())
+    pruner.prepare(calibration_samples())
     assert pruner.input_stats and not pruner.released
     pm.eval()
     for step in (1, 2, 3):
