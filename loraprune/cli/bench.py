@@ -198,10 +198,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         result["loops"] = run_loops(args)
     if {"inference", "eval", "gguf"} & set(args.figures):
         model, tokenizer, weights = load(args.model, args.dtype, args.device, args.layers)
+        ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
         if "inference" in args.figures:
             from loraprune.bench.inference import measure_inference
 
-            ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
             result["inference"] = measure_inference(
                 model,
                 ratios,
@@ -218,7 +218,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             result["gguf"] = measure_gguf(
                 model,
                 tokenizer,
-                ratios=[float(r) for r in args.ratios.split(",") if r.strip()],
+                ratios=ratios,
                 quants=args.gguf_quants,
                 round_to=args.round_to,
                 run=args.gguf_run,
