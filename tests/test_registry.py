@@ -318,3 +318,39 @@ def test_a_headline_block_may_name_a_view(tmp_path, capsys):
         "loraprune-results: error: table 'vt' has no view 'dev'; its views: 'validation' (val), "
         "'test (development)' (test)"
     )
+
+
+def test_a_table_may_include_runs_of_another(tmp_path, capsys):
+    """A table of candidates shows the reference registered in another table, without copying it: its rows,
+    header, Δ column and loraprune-table command all count the included run."""
+    fisher, lora = _runs(tmp_path / "outputs")
+    registry = tmp_path / "results"
+    reg = ["--registry", str(registry)]
+    assert main(["add", str(fisher), "--table", "compare", *reg]) == 0
+    add = ["add", str(lora), "--table", "select", *reg, "--reference", "mask_fisher"]
+    assert main([*add, "--include", "compare/fisher_s1"]) == 0
+    options = json.loads((registry / "select" / "table.json").read_text())
+    assert options == {"include": ["compare/fisher_s1"], "reference": "mask_fisher"}
+    assert sorted(p.name for p in (registry / "select").iterdir()) == ["lora_s1", "table.json"]
+    section = render_registry(registry).split("## select\n")[1]
+    assert "- Runs: 2; perplexity windows of 128 tokens.\n" in section
+    command = (
+        f"loraprune-table {registry.as_posix()}/select {registry.as_posix()}/compare/fisher_s1 --paper none"
+    )
+    assert f'- Table: `{command} --reference "mask_fisher"`' in section
+    lora_row = next(line for line in section.splitlines() if line.startswith("| 20% | LoRAPrune |"))
+    assert f"| {_delta(0.05)} |" in lora_row  # 0.05 nat/token worse than the included reference
+    assert "| 20% | LoRA + mask Fisher |" in section
+    capsys.readouterr()
+    # bad entries: one error line, the table's options unchanged
+    for entry, message in [
+        ("compare/nope", "select: include entry 'compare/nope': "),
+        ("select/lora_s1", "select: include entry 'select/lora_s1' names a run of this table"),
+        ("fisher_s1", "select: include entry 'fisher_s1': expected TABLE/RUN"),
+    ]:
+        assert main(["add", "--table", "select", *reg, "--include", entry]) == 2
+        assert capsys.readouterr().err.strip().startswith(f"loraprune-results: error: {message}")
+    assert json.loads((registry / "select" / "table.json").read_text()) == options
+    # --include with no value: none any more
+    assert main(["add", "--table", "select", *reg, "--include"]) == 0
+    assert json.loads((registry / "select" / "table.json").read_text())["include"] == []

@@ -1,8 +1,9 @@
 """The ``loraprune-results`` command: register finished runs, render the documented tables from them.
 
 ``loraprune-results add [RUN_DIR ...] --table NAME [--registry results] [--reference ROW] [--paper MODE]
-[--view [TITLE=]SETS ...]`` copies each run's records into ``results/NAME/<run>/`` and records the options
-given in ``results/NAME/table.json`` (no RUN_DIR: only the options, of an existing table);
+[--view [TITLE=]SETS ...] [--include TABLE/RUN ...]`` copies each run's records into ``results/NAME/<run>/``
+and records the options given in ``results/NAME/table.json`` (no RUN_DIR: only the options, of an existing
+table);
 ``loraprune-results render [--registry results] [--out docs/results_tables.md] [--readme FILE ...]``
 writes every table and fills the headline blocks of README.md and docs/results.md. Bad input ends with one
 ``loraprune-results: error: ...`` line and exit status 2.
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--registry", type=Path, default=REGISTRY, help="the registry's root (default: results)")
     add.add_argument(
         "--reference", metavar="ROW", help="record the row the table's Δ column compares against"
+    )
+    add.add_argument(
+        "--include",
+        nargs="*",
+        metavar="TABLE/RUN",
+        help="registered runs of other tables this table shows too (e.g. its reference), replacing the "
+        "table's list; no value: none",
     )
     add.add_argument("--paper", choices=PAPER_MODES, help="record whether the table shows the published rows")
     add.add_argument(
@@ -98,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reference=args.reference,
                 paper=args.paper,
                 views=args.views,
+                include=args.include,
             ):
                 print(f"added {path}", file=sys.stderr)
             return 0

@@ -5,7 +5,9 @@ Layout: ``<registry>/<table>/<run>/`` holds a run's ``metrics.json``, ``config.y
 ``<registry>/<table>/table.json`` may hold the table's options (``reference``: the row the Δ column
 compares against, ``paper``: ``auto|separate|none``, default ``none``; ``sets``: a ``--sets`` spec;
 ``views``: ``[{"title": "validation", "sets": "val"}, {"title": "test", "sets": "test"}]``, the table shown
-once per entry, on those sets).
+once per entry, on those sets; ``include``: runs of other tables shown in this one as well, as paths relative
+to the registry, e.g. ``["compare/mask_fisher_r0.2_s42"]``: a table of candidates shows the reference
+without a second copy of its records).
 
 :func:`render_registry` writes one section per table folder, each opened by a header (protocol, windows,
 sets, seeds, commits, the commands that regenerate it) and built with the ``loraprune-table`` code; a table
@@ -93,6 +95,7 @@ def add_runs(
     reference: str | None = None,
     paper: str | None = None,
     views: Sequence[str] | None = None,
+    include: Sequence[str] | None = None,
 ) -> list[Path]:
     """Copy runs into ``<registry>/<table>/<run dir name>/``; all of them or, on any error, none.
 
@@ -103,6 +106,8 @@ def add_runs(
         registry: the registry's root.
         reference, paper: table options to record in ``table.json`` (left as they are when None).
         views: ``[TITLE=]SETS`` (:func:`parse_view`), replacing the table's views (left when None).
+        include: registered runs of other tables (``TABLE/RUN``) the table shows too, replacing the
+            table's (left when None).
 
     Returns:
         The new run folders.
@@ -115,14 +120,20 @@ def add_runs(
     if paper is not None and paper not in PAPER_MODES:
         raise RegistryError(f"paper must be one of {PAPER_MODES}, got {paper!r}")
     dest = Path(registry) / table
-    if not run_dirs and (reference, paper, views) == (None, None, None):
+    if not run_dirs and (reference, paper, views, include) == (None, None, None, None):
         raise RegistryError("nothing to add: give run directories or a table option")
     if not run_dirs and not dest.is_dir():
         raise RegistryError(f"{dest} does not exist; give run directories to create it")
     runs = [(Path(d), _check_run(Path(d))) for d in run_dirs]
     parsed = [parse_view(v) for v in views] if views is not None else None
+    included = [str(i) for i in include] if include is not None else None
+    if included is not None:
+        included_roots(Path(registry), table, included)
     if parsed:
-        sets = sets_of([m for _, m in runs] + ([m for _, m in load_metrics(dest)] if dest.is_dir() else []))
+        kept = table_options(dest).get("include", []) if dest.is_dir() else []
+        roots = [dest] if dest.is_dir() else []
+        roots += included_roots(Path(registry), table, kept if included is None else included)
+        sets = sets_of([m for _, m in runs] + [m for root in roots for _, m in load_metrics(root)])
         for view in parsed:
             _view_sets(view, sets, table)
     names = [d.resolve().name for d, _ in runs]
@@ -149,9 +160,9 @@ def add_runs(
             added.append(dest / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if reference is not None or paper is not None or parsed is not None:
+    if (reference, paper, parsed, included) != (None, None, None, None):
         options = table_options(dest)
-        given = (("reference", reference), ("paper", paper), ("views", parsed))
+        given = (("reference", reference), ("paper", paper), ("views", parsed), ("include", included))
         options.update({k: v for k, v in given if v is not None})
         (dest / OPTIONS).write_text(json.dumps(options, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return added
@@ -224,6 +235,40 @@ def table_options(table_dir: Path) -> dict[str, Any]:
     return options
 
 
+def included_roots(registry: Path, table: str, include: Sequence[str]) -> list[Path]:
+    """The run folders ``include`` names (``TABLE/RUN`` below ``registry``), checked: each a registered run
+    of another table.
+
+    Raises:
+        RegistryError: an entry that is not a string, not of the form ``TABLE/RUN``, names this table, or
+            names no registered run.
+    """
+    roots = []
+    for entry in include:
+        parts = Path(entry).parts if isinstance(entry, str) else ()
+        if len(parts) != 2 or not all(_NAME.match(p) for p in parts):
+            raise RegistryError(f"{table}: include entry {entry!r}: expected TABLE/RUN, e.g. compare/run_s42")
+        if parts[0] == table:
+            raise RegistryError(f"{table}: include entry {entry!r} names a run of this table")
+        root = registry / parts[0] / parts[1]
+        if not (root / METRICS).is_file():
+            raise RegistryError(f"{table}: include entry {entry!r}: {root} holds no registered run")
+        roots.append(root)
+    return roots
+
+
+def table_roots(table_dir: Path, options: dict[str, Any]) -> list[Path]:
+    """The folders a table's rows come from: its own and the runs it includes."""
+    include = options.get("include", [])
+    if not isinstance(include, list):
+        raise RegistryError(f"{table_dir / OPTIONS}: include must be a list of TABLE/RUN paths")
+    return [table_dir, *included_roots(table_dir.parent, table_dir.name, include)]
+
+
+def _table_metrics(table_dir: Path, options: dict[str, Any]) -> list[tuple[Path, dict[str, Any]]]:
+    return [found for root in table_roots(table_dir, options) for found in load_metrics(root)]
+
+
 def table_dirs(registry: str | Path) -> list[Path]:
     """The table folders of the registry, by name."""
     root = Path(registry)
@@ -249,8 +294,10 @@ def _windows_text(metrics: list[dict[str, Any]]) -> str:
 
 def table_command(table_dir: Path, registry: str | Path, options: dict[str, Any]) -> str:
     """The ``loraprune-table`` command that makes a table (``options``: paper, sets, reference)."""
+    roots = [table_dir.name, *options.get("include", [])]
     command = (
-        f"loraprune-table {Path(registry).as_posix()}/{table_dir.name} --paper {options.get('paper', 'none')}"
+        f"loraprune-table {' '.join(f'{Path(registry).as_posix()}/{r}' for r in roots)} "
+        f"--paper {options.get('paper', 'none')}"
     )
     if options.get("sets"):
         command += f" --sets {options['sets']}"
@@ -264,7 +311,7 @@ def table_header(
 ) -> list[str]:
     """The lines that open a table's section: where its numbers come from and how to make them again
     (the ``loraprune-table`` command unless ``command`` is false: a table with views gives it per view)."""
-    found = load_metrics(table_dir)
+    found = _table_metrics(table_dir, options)
     metrics = [m for _, m in found]
     seq_lens = sorted({str((m.get("eval") or {}).get("seq_len")) for m in metrics})
     sets = sets_of(metrics)
@@ -308,7 +355,7 @@ def view_header(
     table_dir: Path, registry: str | Path, options: dict[str, Any], view: dict[str, str]
 ) -> list[str]:
     """The lines that open a view's subsection: the sets it shows, the command that makes it."""
-    sets = _view_sets(view, sets_of([m for _, m in load_metrics(table_dir)]), table_dir.name)
+    sets = _view_sets(view, sets_of([m for _, m in _table_metrics(table_dir, options)]), table_dir.name)
     return [
         f"- Sets: {_labels(sets)}.",
         f"- Table: `{table_command(table_dir, registry, {**options, 'sets': view['sets']})}`",
@@ -317,7 +364,7 @@ def view_header(
 
 def _tables_markdown(table_dir: Path, options: dict[str, Any], *, demote: int = 0) -> str:
     """The tables of one table folder as Markdown (headings ``demote`` levels deeper)."""
-    rows = collect_rows(table_dir)
+    rows = collect_rows(table_roots(table_dir, options))
     if not rows:
         raise RegistryError(f"{table_dir} holds no run")
     try:
