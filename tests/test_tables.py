@@ -912,3 +912,29 @@ def test_random_weight_runs_are_marked(tmp_path):
     rows = collect_rows(tmp_path / "shape")
     assert rows and all(r.model.endswith("(random weights)") for r in rows)
     assert "(random weights)" in to_markdown(build_tables(rows, paper="none"))
+
+
+def test_reconstruction_of_runs_from_before_the_option_comes_from_their_config(tmp_path):
+    """A run whose metrics predate run.reconstruct: its config says (prune/method.reconstruct), and a
+    config from before the option means none (FLAP: its bias compensation unless options.bias is off)."""
+    configs = {
+        "old": "method:\n  criterion: mask_fisher\n",
+        "flap_old": "method:\n  criterion: flap\n  options:\n    bias: true\n",
+        "flap_nobias": "method:\n  criterion: flap\n  options:\n    bias: false\n",
+        "cfg_ls": "method:\n  reconstruct: none\nprune:\n  reconstruct: least_squares\n",
+    }
+    expected = {
+        "old": "no reconstruction",
+        "flap_old": "reconstruction bias",
+        "flap_nobias": "no reconstruction",
+        "cfg_ls": "reconstruction least_squares",
+    }
+    for name, text in configs.items():
+        method = "flap" if name.startswith("flap") else "mask_fisher"
+        d = write_run(tmp_path / name, name, method=method, ratio=0.2, ppl=30.0, zeroshot=None)
+        (d / "config.yaml").write_text(text)
+        row = next(r for r in collect_rows(tmp_path / name) if r.kind == "run")
+        assert dict(row.settings)["reconstruction"] == expected[name], name
+    # without a config nothing is known: the setting is left out
+    d = write_run(tmp_path / "bare", "bare", method="mask_fisher", ratio=0.2, ppl=30.0, zeroshot=None)
+    assert "reconstruction" not in dict(next(r for r in collect_rows(d) if r.kind == "run").settings)

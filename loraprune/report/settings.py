@@ -50,8 +50,15 @@ def _distill(run: dict[str, Any], config: dict[str, Any] | None) -> str | None:
 
 
 def _reconstruction(run: dict[str, Any], config: dict[str, Any] | None) -> str | None:
-    """``run.reconstruct`` (prune.reconstruct in force; older runs: ``reconstruction``)."""
+    """``run.reconstruct`` (prune.reconstruct in force; older runs: ``reconstruction``), else the config's
+    ``prune.reconstruct`` / ``method.reconstruct``; a config from before the option (neither key) ran
+    without reconstruction, except FLAP's bias compensation (its ``options.bias``)."""
     value = run.get("reconstruct", run.get("reconstruction"))
+    if value is None and config is not None:
+        value = _get(config, "prune.reconstruct") or _get(config, "method.reconstruct")
+        if value is None and _get(config, "method") is not None:
+            flap = (run.get("criterion") or _get(config, "method.criterion")) == "flap"
+            value = "bias" if flap and _get(config, "method.options.bias") is not False else "none"
     if value is None:
         return None
     if value in (False, "", "none", "off"):
