@@ -15,7 +15,7 @@ from loraprune.report.layout import SetsError, build_tables, select_sets
 from loraprune.report.markdown import to_markdown
 from loraprune.report.plots import plot_kept_widths, plot_ppl_vs_ratio, write_plots
 from loraprune.report.reference import load_reference, reference_rows
-from loraprune.report.rows import collect_rows
+from loraprune.report.rows import METHOD_LABELS, METHOD_ORDER, collect_rows
 from loraprune.report.windows import WindowLossesError, read_window_losses
 from loraprune.run import results
 from loraprune.run.results import TASKS, flat_result
@@ -938,3 +938,10 @@ def test_reconstruction_of_runs_from_before_the_option_comes_from_their_config(t
     # without a config nothing is known: the setting is left out
     d = write_run(tmp_path / "bare", "bare", method="mask_fisher", ratio=0.2, ppl=30.0, zeroshot=None)
     assert "reconstruction" not in dict(next(r for r in collect_rows(d) if r.kind == "run").settings)
+
+
+def test_every_method_preset_has_a_label_and_a_place():
+    """A new method preset gets a row label (not its config name) and a place in the tables' order."""
+    presets = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+    assert [m for m in presets if m not in METHOD_LABELS] == []
+    assert [m for m in presets if m not in METHOD_ORDER] == []
