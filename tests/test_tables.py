@@ -945,3 +945,32 @@ def test_every_method_preset_has_a_label_and_a_place():
     presets = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
     assert [m for m in presets if m not in METHOD_LABELS] == []
     assert [m for m in presets if m not in METHOD_ORDER] == []
+
+
+def test_a_reference_may_name_a_method_by_some_of_its_settings(tmp_path):
+    """``mask_fisher (no reconstruction)`` names the one row of that method showing that setting, whatever
+    else its label shows; a setting no row shows matches nothing; the bare key stays ambiguous."""
+    docs = list(range(20))
+    base = {"wiki_embedded": ([1.0 + (d % 4) / 2 for d in docs], docs)}
+    better = {k: ([x - 0.1 for x in nll], doc) for k, (nll, doc) in base.items()}
+    for name, sets, reconstruct in (("plain", base, "none"), ("ls", better, "least_squares")):
+        write_windowed_run(tmp_path, name, method="mask_fisher", sets=sets, zeroshot=None)
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        metrics["run"].update(reconstruct=reconstruct, steps=100 if name == "plain" else 0)
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    rows = collect_rows(tmp_path)
+    labels = [r.label for r in rows if r.kind == "run"]
+    assert labels == [
+        "LoRA + mask Fisher (no recovery, reconstruction least_squares)",
+        "LoRA + mask Fisher (100 steps, no reconstruction)",
+    ]
+    for spec in ("mask_fisher (no reconstruction)", "LoRA + mask Fisher (No Reconstruction)"):
+        (table,) = build_tables(rows, paper="none", reference=spec)
+        assert table.reference == labels[1]
+    spec = "mask_fisher (no recovery, reconstruction least_squares)"
+    (table,) = build_tables(rows, paper="none", reference=spec)
+    assert table.reference == labels[0]
+    with pytest.raises(ValueError, match="matches no row"):
+        build_tables(rows, paper="none", reference="mask_fisher (reconstruction bias)")
+    with pytest.raises(ValueError, match="name one of them as shown"):
+        build_tables(rows, paper="none", reference="mask_fisher")

@@ -25,7 +25,7 @@ from dataclasses import replace
 import numpy as np
 
 from loraprune.evaluation.intervals import Interval, geomean_ppl, paired_geomean_delta
-from loraprune.report.rows import Row
+from loraprune.report.rows import METHOD_LABELS, Row
 from loraprune.report.windows import StageLosses
 
 N_BOOT = 2000
@@ -88,13 +88,33 @@ def _names(row: Row) -> set[str]:
     return {re.sub(r"\s+", " ", n).strip().lower() for n in names}
 
 
+_QUALIFIED = re.compile(r"(?P<base>.+?)\s*\((?P<marks>[^()]*)\)")
+
+
+def _answers(row: Row, key: str) -> bool:
+    """Whether ``row`` answers to ``key`` (lower case): one of its :func:`_names`, or its method key or
+    unqualified label followed by some of its settings in parentheses (``mask_fisher (no reconstruction)``
+    names the same row however many other settings its label shows)."""
+    if key in _names(row):
+        return True
+    match = _QUALIFIED.fullmatch(key)
+    if match is None or row.kind != "run":
+        return False
+    base = row.label_override or METHOD_LABELS.get(row.method, row.method)
+    marks = {m.strip() for m in match.group("marks").split(",") if m.strip()}
+    shown = {value.lower() for _, value in row.settings}
+    return match.group("base") in {row.method.lower(), base.lower()} and bool(marks) and marks <= shown
+
+
 def find_references(rows: Sequence[Row], spec: str) -> dict[tuple, Row]:
     """The reference row of each (model, pattern, ratio) block that has one.
 
     Args:
         rows: the table's rows.
-        spec: a Method cell as shown (``LoRA + mask Fisher (n=3)``), the same without ``n=k``, or a method
-            key (``mask_fisher``), case-insensitive; ``@RATIO`` (``@20%``, ``@0.2``) keeps one ratio only.
+        spec: a Method cell as shown (``LoRA + mask Fisher (n=3)``), the same without ``n=k``, a method
+            key (``mask_fisher``), or a method key or name with some of its settings
+            (``mask_fisher (no reconstruction)``), case-insensitive; ``@RATIO`` (``@20%``, ``@0.2``) keeps
+            one ratio only.
 
     Raises:
         UncertaintyError: no row answers to ``spec`` (the rows that exist are named), or two rows of one
@@ -105,7 +125,7 @@ def find_references(rows: Sequence[Row], spec: str) -> dict[tuple, Row]:
     ratio = _ratio_of(at) if at else None
     found: dict[tuple, Row] = {}
     for row in rows:
-        if row.kind not in PAIRED_KINDS or key not in _names(row):
+        if row.kind not in PAIRED_KINDS or not _answers(row, key):
             continue
         if ratio is not None and (row.pattern or not math.isclose(row.ratio, ratio, abs_tol=1e-6)):
             continue
