@@ -127,12 +127,11 @@ def add_runs(
     runs = [(Path(d), _check_run(Path(d))) for d in run_dirs]
     parsed = [parse_view(v) for v in views] if views is not None else None
     included = [str(i) for i in include] if include is not None else None
-    if included is not None:
-        included_roots(Path(registry), table, included)
+    extra = included_roots(Path(registry), table, included) if included is not None else None
     if parsed:
-        kept = table_options(dest).get("include", []) if dest.is_dir() else []
-        roots = [dest] if dest.is_dir() else []
-        roots += included_roots(Path(registry), table, kept if included is None else included)
+        if extra is None:
+            extra = included_roots(Path(registry), table, table_options(dest).get("include", []))
+        roots = ([dest] if dest.is_dir() else []) + extra
         sets = sets_of([m for _, m in runs] + [m for root in roots for _, m in load_metrics(root)])
         for view in parsed:
             _view_sets(view, sets, table)

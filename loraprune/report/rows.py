@@ -131,9 +131,14 @@ class Row:
         the settings that tell it from its neighbours."""
         return self.label_with(n=True)
 
+    @property
+    def name(self) -> str:
+        """The method's name as tables show it, without marks or settings."""
+        return self.label_override or METHOD_LABELS.get(self.method, self.method)
+
     def label_with(self, *, n: bool) -> str:
         """The Method cell, with or without the ``n=k`` of multi-seed rows."""
-        base = self.label_override or METHOD_LABELS.get(self.method, self.method)
+        base = self.name
         if self.kind == "before_recovery":
             base = f"{base} w/o tune"
         if self.kind == "paper":

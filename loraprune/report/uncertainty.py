@@ -25,7 +25,7 @@ from dataclasses import replace
 import numpy as np
 
 from loraprune.evaluation.intervals import Interval, geomean_ppl, paired_geomean_delta
-from loraprune.report.rows import METHOD_LABELS, Row
+from loraprune.report.rows import Row
 from loraprune.report.windows import StageLosses
 
 N_BOOT = 2000
@@ -100,10 +100,9 @@ def _answers(row: Row, key: str) -> bool:
     match = _QUALIFIED.fullmatch(key)
     if match is None or row.kind != "run":
         return False
-    base = row.label_override or METHOD_LABELS.get(row.method, row.method)
     marks = {m.strip() for m in match.group("marks").split(",") if m.strip()}
     shown = {value.lower() for _, value in row.settings}
-    return match.group("base") in {row.method.lower(), base.lower()} and bool(marks) and marks <= shown
+    return match.group("base") in {row.method.lower(), row.name.lower()} and bool(marks) and marks <= shown
 
 
 def find_references(rows: Sequence[Row], spec: str) -> dict[tuple, Row]:
