@@ -16,6 +16,7 @@ from loraprune.report.markdown import to_markdown
 from loraprune.report.plots import plot_kept_widths, plot_ppl_vs_ratio, write_plots
 from loraprune.report.reference import load_reference, reference_rows
 from loraprune.report.rows import METHOD_LABELS, METHOD_ORDER, collect_rows
+from loraprune.report.uncertainty import UncertaintyError
 from loraprune.report.windows import WindowLossesError, read_window_losses
 from loraprune.run import results
 from loraprune.run.results import TASKS, flat_result
@@ -974,3 +975,45 @@ def test_a_reference_may_name_a_method_by_some_of_its_settings(tmp_path):
         build_tables(rows, paper="none", reference="mask_fisher (reconstruction bias)")
     with pytest.raises(ValueError, match="name one of them as shown"):
         build_tables(rows, paper="none", reference="mask_fisher")
+
+
+def test_parameter_targets_are_their_own_block_and_say_so(tmp_path):
+    """A run at 15% of the parameters is neither averaged nor paired with one at 15% of the groups; its
+    Ratio cell says ``params``, the dense model stays one row, and ``@15% params`` picks its block."""
+    docs = list(range(20))
+    base = {"wiki_embedded": ([1.0 + (d % 3) / 2 for d in docs], docs)}
+    worse = {k: ([x + 0.2 for x in nll], doc) for k, (nll, doc) in base.items()}
+    for name, method, sets, target in (
+        ("fisher_groups", "mask_fisher", base, "groups"),
+        ("wanda_groups", "wanda_sp", worse, "groups"),
+        ("fisher_params", "mask_fisher", worse, "params"),
+        ("wanda_params", "wanda_sp", base, "params"),
+    ):
+        write_windowed_run(
+            tmp_path, name, method=method, ratio=0.15, sets=sets, zeroshot=None, run={"target": target}
+        )
+    rows = collect_rows(tmp_path)
+    assert [(r.ratio_label, r.label) for r in rows] == [
+        ("0%", "Dense"),
+        ("15%", "Wanda-sp"),
+        ("15%", "LoRA + mask Fisher"),
+        ("15% params", "Wanda-sp"),
+        ("15% params", "LoRA + mask Fisher"),
+    ]
+    assert all(r.n_runs == 1 for r in rows)
+    (table,) = build_tables(rows, paper="none", reference="mask_fisher")
+    md = to_markdown([table])
+    shift = f"{100 * math.expm1(0.2):+.2f}"
+    back = f"{100 * math.expm1(-0.2):+.2f}"
+    assert _row_line(md, "| 15% | Wanda-sp |").split(" | ")[3] == f"{shift} [{shift}, {shift}]*"
+    assert _row_line(md, "| 15% params | Wanda-sp |").split(" | ")[3] == f"{back} [{back}, {back}]*"
+    (params_only,) = build_tables(rows, paper="none", reference="mask_fisher@15% params")
+    md = to_markdown([params_only])
+    assert _row_line(md, "| 15% | Wanda-sp |").split(" | ")[3] == "–"
+    assert _row_line(md, "| 15% params | LoRA + mask Fisher |").split(" | ")[3] == "ref."
+    with pytest.raises(UncertaintyError, match="not a ratio"):
+        build_tables(rows, paper="none", reference="mask_fisher@15% layers")
+    # the kept-width plots of the two blocks do not overwrite each other
+    names = sorted(p.name for p in write_plots(rows, tmp_path / "plots", reference=False))
+    assert "kept_smollm2_135m_mask_fisher_r0.15.png" in names
+    assert "kept_smollm2_135m_mask_fisher_params_r0.15.png" in names

@@ -22,12 +22,13 @@ PROG = "loraprune-table"
 
 REFERENCE_HELP = (
     "add a column with each row's paired Δ%% of the geometric-mean perplexity against this row at the "
-    "same ratio, with its 95%% interval (* when it excludes 0). ROW is a Method cell as shown "
-    "('LoRA + mask Fisher (n=3)'), the same without '(n=k)', a method key ('mask_fisher'), or a key or "
-    "name with some of the settings its label shows ('mask_fisher (no reconstruction)'), case-insensitive; "
-    "ROW@RATIO ('mask_fisher@20%%') keeps one ratio. Needs window_losses.json in every "
-    "run compared. Multi-seed rows are paired on the seeds both have, else their means. With 2 to "
-    f"{PER_SET_MAX} sets shown, a second table gives the paired Δ%% on each set alone"
+    "same ratio (of the same target, groups or params), with its 95%% interval (* when it excludes 0). "
+    "ROW is a Method cell as shown ('LoRA + mask Fisher (n=3)'), the same without '(n=k)', a method key "
+    "('mask_fisher'), or a key or name with some of the settings its label shows ('mask_fisher (no "
+    "reconstruction)'), case-insensitive; ROW@RATIO ('mask_fisher@20%%', 'mask_fisher@15%% params') keeps "
+    "one ratio. Needs window_losses.json in every run compared. Multi-seed rows are paired on the seeds "
+    f"both have, else their means. With 2 to {PER_SET_MAX} sets shown, a second table gives the paired "
+    "Δ%% on each set alone"
 )
 SETS_HELP = (
     "show these perplexity sets only, the Geo. mean and the --reference Δ%% over them: a comma list of set "

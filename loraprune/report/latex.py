@@ -36,7 +36,7 @@ def _body(table: Table) -> list[str]:
     lines = []
     previous = None
     for row in table.rows:
-        block = (row.kind == "dense", row.pattern, row.ratio)
+        block = (row.kind == "dense", row.block[1:])
         if previous is not None and block != previous:
             lines.append(r"\midrule")
         previous = block

@@ -50,15 +50,17 @@ def plot_ppl_vs_ratio(rows: Sequence[Row], path: str | Path, title: str | None =
     fig = Figure(figsize=(4.8 * len(sets), 3.8), layout="constrained")
     axes = fig.subplots(1, len(sets), squeeze=False)[0]
     methods = [m for m in dict.fromkeys(r.method for r in rows if r.kind == "run")]
+    lines = list(dict.fromkeys(_line(r) for r in rows if r.kind == "run"))
     for ax, name in zip(axes, sets, strict=True):
         colors: dict[str, str] = {}
-        for method in methods:
-            pts = [(100 * r.ratio, r.ppl.get(name)) for r in rows if r.kind == "run" and r.method == method]
+        for key in lines:
+            members = [r for r in rows if r.kind == "run" and _line(r) == key]
+            pts = [(100 * r.ratio, r.ppl.get(name)) for r in members]
             pts = [(x, y) for x, y in pts if y is not None]
             if pts:
-                label = next(r.label for r in rows if r.kind == "run" and r.method == method)
-                (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=label.split(" (n=")[0])
-                colors[method] = line.get_color()
+                label = members[0].label_with(n=False) + (" · params target" if key[2] == "params" else "")
+                (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+                colors.setdefault(key[0], line.get_color())
         for r in rows:
             value = r.ppl.get(name)
             if value is None:
@@ -81,13 +83,19 @@ def plot_ppl_vs_ratio(rows: Sequence[Row], path: str | Path, title: str | None =
         ratios = sorted({100 * r.ratio for r in rows if r.kind in ("run", "paper") and r.ppl.get(name)})
         if ratios:
             ax.set_xticks(ratios)
-        ax.set_xlabel("pruning ratio (%)")
+        mixed = len({key[2] for key in lines}) > 1
+        ax.set_xlabel("pruning ratio (%)" + (", of groups or params" if mixed else ""))
         ax.set_ylabel("perplexity")
         ax.set_title(PPL_LABELS.get(name, name))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title or (rows[0].model if rows else ""))
     return _save(fig, Path(path))
+
+
+def _line(row: Row) -> tuple:
+    """One line of the ratio plot: a method with its settings and target (seeds already averaged)."""
+    return (row.method, row.settings, row.target)
 
 
 def plot_kept_widths(row: Row, path: str | Path, title: str | None = None) -> Path:
@@ -121,13 +129,13 @@ def plot_kept_widths(row: Row, path: str | Path, title: str | None = None) -> Pa
     ax_heads.yaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (ax_heads, ax_mlp):
         ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(title or f"{row.model} · {row.label} · ratio {100 * row.ratio:g}%")
+    fig.suptitle(title or f"{row.model} · {row.label} · ratio {row.ratio_label}")
     return _save(fig, Path(path))
 
 
 def write_plots(rows: Sequence[Row], out_dir: str | Path, *, reference: bool = True) -> list[Path]:
     """Every plot for ``rows``: ``ppl_vs_ratio_<model>.png`` per model (with the published points for
-    LLaMA-7B when ``reference``) and ``kept_<model>_<method>_r<ratio>.png`` per (method, ratio)."""
+    LLaMA-7B when ``reference``) and ``kept_<model>_<method>[_<settings>][_params]_r<ratio>.png`` per row."""
     out_dir = Path(out_dir)
     written: list[Path] = []
     paper = reference_rows()[0] if reference else []
@@ -140,6 +148,8 @@ def write_plots(rows: Sequence[Row], out_dir: str | Path, *, reference: bool = T
             written.append(plot_ppl_vs_ratio([*model_rows, *extra], path))
         for r in model_rows:
             if r.kind == "run" and r.kept_per_layer:
-                name = f"kept_{_slug(model)}_{_slug(r.method)}_r{r.ratio:g}.png"
+                target = "params" if r.target == "params" else ""
+                what = _slug(" ".join([r.method, r.qualifier or "", target]))
+                name = f"kept_{_slug(model)}_{what}_r{r.ratio:g}.png"
                 written.append(plot_kept_widths(r, out_dir / name))
     return written

@@ -99,6 +99,7 @@ class Row:
     label_override: str | None = None
     status: str | None = None  # paper rows: abstract | secondary | unverified
     pattern: str | None = None  # semi-structured N:M runs ("2:4"): the ratio is unused
+    target: str = "groups"  # what ``ratio`` is a fraction of: groups (of each layer) or params (prune.target)
     sparsity: float | None = None  # N:M runs: percent of the pruned projections' weights zeroed
     zeroshot_protocol: str | None = None  # where the zero-shot data came from: source, split(s), limit
     error: str | None = None  # failed runs: the error's type and first line
@@ -122,8 +123,15 @@ class Row:
 
     @property
     def ratio_label(self) -> str:
-        """The Ratio cell: the N:M pattern, else the ratio in percent."""
-        return self.pattern if self.pattern else f"{100 * self.ratio:g}%"
+        """The Ratio cell: the N:M pattern, else the ratio in percent (``15% params``: a parameter target)."""
+        if self.pattern:
+            return self.pattern
+        return f"{100 * self.ratio:g}%" + (" params" if self.target == "params" else "")
+
+    @property
+    def block(self) -> tuple:
+        """The rows compared with one another: one model at one ratio of one target, or one N:M pattern."""
+        return (self.model, self.pattern, None if self.pattern else self.target, round(self.ratio, 6))
 
     @property
     def label(self) -> str:
@@ -210,6 +218,7 @@ def _dense_row(metrics: dict[str, Any], base: Row) -> Row:
         ratio=0.0,
         kind="dense",
         pattern=None,
+        target="groups",
         ppl=dict(metrics["dense"].get("ppl", {})),
         tasks=tasks,
         tasks_stderr=task_stderr(metrics["dense"].get("zeroshot")),
@@ -266,6 +275,7 @@ def rows_from_metrics(
         model=str(run.get("model")) + (" (random weights)" if random_weights else ""),
         method=str(run.get("method")),
         ratio=0.0 if pattern else float(run.get("ratio", 0.0)),  # N:M runs: the pattern identifies them
+        target=str(run.get("target") or _get_target(config)),
         eval_seq_len=metrics.get("eval", {}).get("seq_len"),
         run_dirs=[str(run.get("dir") or (Path(path).parent if path else ""))],
         pattern=pattern,
@@ -278,6 +288,12 @@ def rows_from_metrics(
     if before_recovery and "pruned_before_recovery" in metrics:
         rows.append(_before_recovery_row(metrics, base))
     return [replace(r, losses=[(losses or {}).get(STAGE_OF_KIND[r.kind])], run_ppl=[r.ppl]) for r in rows]
+
+
+def _get_target(config: dict[str, Any] | None) -> str:
+    """``prune.target`` of a resolved config (runs from before metrics.json recorded it), else groups."""
+    prune = (config or {}).get("prune")
+    return str(prune.get("target") or "groups") if isinstance(prune, dict) else "groups"
 
 
 def _seed(config: dict[str, Any] | None) -> int | None:
@@ -300,6 +316,7 @@ def failed_rows(root: str | Path) -> list[Row]:
                 model=str(run.get("model")) + (" (random weights)" if run.get("weights") == "random" else ""),
                 method=str(run.get("method")),
                 ratio=0.0 if run.get("pattern") else float(run.get("ratio") or 0.0),
+                target=str(run.get("target") or "groups"),
                 kind="failed",
                 pattern=run.get("pattern"),
                 run_dirs=[str(path.parent)],
@@ -338,7 +355,7 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
     """
     groups: dict[tuple, list[Row]] = {}
     for row in rows:
-        key = (row.model, row.kind, row.method, round(row.ratio, 6), row.pattern, row.eval_seq_len)
+        key = (row.block, row.kind, row.method, row.eval_seq_len)
         groups.setdefault((*key, row.settings), []).append(row)
     out = []
     for group in groups.values():
@@ -380,14 +397,15 @@ def _method_rank(method: str) -> float:
 
 
 def sort_rows(rows: Iterable[Row]) -> list[Row]:
-    """The paper's order: dense first, then by ratio, then N:M patterns; baselines before LoRAPrune; a
-    paper row right after the run row of the same method."""
+    """The paper's order: dense first, then by ratio (group ratios, then parameter targets), then N:M
+    patterns; baselines before LoRAPrune; a paper row right after the run row of the same method."""
     return sorted(
         rows,
         key=lambda r: (
             r.model,
             0 if r.kind == "dense" else 2 if r.pattern else 1,
             r.pattern or "",
+            r.target == "params",
             r.ratio,
             _method_rank(r.method),
             r.method,

@@ -104,24 +104,26 @@ def run_settings(run: dict[str, Any], config: dict[str, Any] | None = None) -> t
 class Settled(Protocol):
     """What :func:`qualify` reads of a row (:class:`loraprune.report.rows.Row`)."""
 
-    model: str
     kind: str
-    ratio: float
-    pattern: str | None
     settings: tuple[tuple[str, str], ...]
+
+    @property
+    def block(self) -> tuple:
+        """One model at one ratio of one target, or one N:M pattern."""
+        ...
 
 
 def qualify(rows: Sequence[Settled]) -> dict[int, str]:
     """The label qualifier of each row (by index) whose ratio block holds runs that differ in a setting.
 
-    A block is one model's rows at one ratio (or N:M pattern). A setting is named when the runs of the block
-    that record it hold more than one value of it; then every row of the block that records it names its
-    value.
+    A block is one model's rows at one ratio of one target, or one N:M pattern (``Row.block``). A setting
+    is named when the runs of the block that record it hold more than one value of it; then every row of
+    the block that records it names its value.
     """
     blocks: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
         if row.kind in ("run", "before_recovery", "failed"):
-            blocks.setdefault((row.model, row.pattern, round(row.ratio, 6)), []).append(i)
+            blocks.setdefault(row.block, []).append(i)
     out: dict[int, str] = {}
     for members in blocks.values():
         varying = [

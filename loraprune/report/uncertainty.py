@@ -5,13 +5,13 @@ over seeds of each seed's geometric mean, and its standard deviation); a single 
 gets a 95% document-bootstrap interval on each set and on the geometric mean
 (:mod:`loraprune.evaluation.intervals`).
 
-With a reference row (``--reference``), every row of the same model at the reference's ratio gets the
-paired Δ% of its geometric-mean perplexity against it, on the same windows, the same documents drawn for
-both in every replicate. Multi-seed rows are paired seed by seed: when the two rows share seeds, only
-those seeds are used, each window's NLL averaged over them (so the estimate is the ratio of the
-geometric means over seeds); when they share none, each row's windows are averaged over all its seeds
-(means paired). The interval reflects the sampling of evaluation text only; the seed spread is the ± std.
-The same pairing on one set at a time gives each set's Δ% (``per_set``).
+With a reference row (``--reference``), every row of the same model at the reference's ratio (of the same
+target, groups or params) gets the paired Δ% of its geometric-mean perplexity against it, on the same
+windows, the same documents drawn for both in every replicate. Multi-seed rows are paired seed by seed:
+when the two rows share seeds, only those seeds are used, each window's NLL averaged over them (so the
+estimate is the ratio of the geometric means over seeds); when they share none, each row's windows are
+averaged over all its seeds (means paired). The interval reflects the sampling of evaluation text only;
+the seed spread is the ± std. The same pairing on one set at a time gives each set's Δ% (``per_set``).
 """
 
 from __future__ import annotations
@@ -72,12 +72,18 @@ def with_spread(row: Row, sets: Sequence[str], *, n_boot: int = N_BOOT) -> Row:
 
 
 # --------------------------------------------------------------------------------- the reference row
-def _ratio_of(text: str) -> float:
-    text = text.strip()
+def _ratio_of(text: str) -> tuple[float, str | None]:
+    """``20%`` / ``0.2`` (any target), ``15% params`` / ``20% groups`` (that target only)."""
+    number, _, target = text.strip().partition(" ")
+    target = target.strip().lower() or None
     try:
-        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        if target not in (None, "groups", "params"):
+            raise ValueError(target)
+        return (float(number[:-1]) / 100 if number.endswith("%") else float(number)), target
     except ValueError as err:
-        raise UncertaintyError(f"--reference: {text!r} is not a ratio (e.g. 20% or 0.2)") from err
+        raise UncertaintyError(
+            f"--reference: {text.strip()!r} is not a ratio (e.g. 20%, 0.2 or 15% params)"
+        ) from err
 
 
 def _names(row: Row) -> set[str]:
@@ -106,14 +112,14 @@ def _answers(row: Row, key: str) -> bool:
 
 
 def find_references(rows: Sequence[Row], spec: str) -> dict[tuple, Row]:
-    """The reference row of each (model, pattern, ratio) block that has one.
+    """The reference row of each block (:attr:`Row.block`: model, ratio and target, or pattern) that has one.
 
     Args:
         rows: the table's rows.
         spec: a Method cell as shown (``LoRA + mask Fisher (n=3)``), the same without ``n=k``, a method
             key (``mask_fisher``), or a method key or name with some of its settings
             (``mask_fisher (no reconstruction)``), case-insensitive; ``@RATIO`` (``@20%``, ``@0.2``) keeps
-            one ratio only.
+            one ratio only, ``@15% params`` one ratio of one target.
 
     Raises:
         UncertaintyError: no row answers to ``spec`` (the rows that exist are named), or two rows of one
@@ -121,14 +127,16 @@ def find_references(rows: Sequence[Row], spec: str) -> dict[tuple, Row]:
     """
     name, _, at = spec.partition("@")
     key = re.sub(r"\s+", " ", name).strip().lower()
-    ratio = _ratio_of(at) if at else None
+    ratio, target = _ratio_of(at) if at else (None, None)
     found: dict[tuple, Row] = {}
     for row in rows:
         if row.kind not in PAIRED_KINDS or not _answers(row, key):
             continue
         if ratio is not None and (row.pattern or not math.isclose(row.ratio, ratio, abs_tol=1e-6)):
             continue
-        block = (row.model, row.pattern, round(row.ratio, 6))
+        if target is not None and row.target != target:
+            continue
+        block = row.block
         if block in found:
             raise UncertaintyError(
                 f"--reference {spec!r} matches {found[block].label!r} and {row.label!r} at "
@@ -212,7 +220,7 @@ def with_deltas(
     """
     out = []
     for row in rows:
-        ref = refs.get((row.model, row.pattern, round(row.ratio, 6)))
+        ref = refs.get(row.block)
         if ref is None or row.kind not in PAIRED_KINDS:
             out.append(row)
         elif _same_row(row, ref):

@@ -43,6 +43,7 @@ def write_failure(run_dir: Path, error: BaseException, cfg: Any) -> Path:
             "weights": weights_kind(get("model")),
             "method": get("method.name"),
             "ratio": get("prune.ratio"),
+            "target": get("prune.target"),
             "pattern": get("prune.pattern"),
             "seed": get("trainer.seed"),
         },
