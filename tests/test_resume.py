@@ -79,7 +79,11 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, caplog):
     _kill_after_step(second, out, 11)
     assert second.returncode == -signal.SIGKILL, second.stderr.read().decode()[-2000:]
     assert not (out / "metrics.json").exists()
-    assert resume.checkpoint_step(resume.latest_checkpoint(out)) >= 8
+    latest = resume.latest_checkpoint(out)
+    assert resume.checkpoint_step(latest) >= 8
+    # the checkpoint carries the fine-tuning time of the processes before it
+    before = torch.load(latest / "state.pt", map_location="cpu", weights_only=True)["loop"]["seconds"]
+    assert before > 0
     # 3. resumed to the end (in this process, on one thread as the killed ones): the dense model's
     # metrics come from the checkpoint, not a second evaluation
     with caplog.at_level(logging.INFO, logger="loraprune"):
@@ -100,7 +104,11 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, caplog):
     assert metrics["kept_per_layer"] == reference["kept_per_layer"]
     assert metrics["pruned"]["ppl"] == pytest.approx(reference["pruned"]["ppl"], rel=1e-6)
     assert metrics["dense"] == reference["dense"]
-    untimed = {k: v for k, v in metrics["train"].items() if k != "seconds"}  # wall time differs
+    # the resumed run says so, and its fine-tuning time includes that of the killed processes
+    assert metrics["train"]["resumed_from_step"] == resume.checkpoint_step(latest)
+    assert "resumed_from_step" not in reference["train"]
+    assert metrics["train"]["seconds"] > before
+    untimed = {k: v for k, v in metrics["train"].items() if k not in ("seconds", "resumed_from_step")}
     assert untimed == pytest.approx({k: reference["train"][k] for k in untimed}, rel=1e-6)
     assert [r.get("masks") for r in got_steps] == [r.get("masks") for r in ref_steps]
     assert not (out / "checkpoints").exists()  # a finished run keeps no checkpoint

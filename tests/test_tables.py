@@ -1017,3 +1017,32 @@ def test_parameter_targets_are_their_own_block_and_say_so(tmp_path):
     names = sorted(p.name for p in write_plots(rows, tmp_path / "plots", reference=False))
     assert "kept_smollm2_135m_mask_fisher_r0.15.png" in names
     assert "kept_smollm2_135m_mask_fisher_params_r0.15.png" in names
+
+
+def test_resumed_runs_mark_their_memory_and_wall_time(tmp_path):
+    """A resumed run's peak memory and wall time are its last process's: marked ‡ with a note, on the row
+    of every seed group holding one; a run from before ``resumed_from_step`` was recorded is read from
+    its config's ``resume: true``."""
+    for name, method, seed, train, resume in (
+        ("plain", "wanda_sp", 42, {"seconds": 60.0}, False),
+        ("resumed", "mask_fisher", 42, {"seconds": 60.0, "resumed_from_step": 50}, True),
+        ("fresh_seed", "mask_fisher", 1, {"seconds": 60.0}, False),
+        ("older", "grad", 42, {"seconds": 0.03}, True),
+    ):
+        d = write_run(tmp_path, name, method=method, ratio=0.2, ppl=30.0, zeroshot=None, seed=seed)
+        metrics = json.loads((d / "metrics.json").read_text())
+        metrics["train"] = train
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        (d / "config.yaml").write_text(f"resume: {str(resume).lower()}\n")
+    md = to_markdown(build_tables(collect_rows(tmp_path), paper="none"))
+    assert _row_line(md, "| 20% | Wanda-sp |").endswith("| 1.2† | 2.0 min |")
+    assert _row_line(md, "| 20% | LoRA + mask Fisher (n=2) |").endswith("| 1.2†‡ | 2.0 min‡ |")
+    assert _row_line(md, "| 20% | Grad |").endswith("| 1.2†‡ | 2.0 min‡ |")
+    assert "- ‡ resumed from a checkpoint" in md
+    d = tmp_path / "resumed"
+    metrics = json.loads((d / "metrics.json").read_text())
+    metrics["train"]["resumed_from_step"] = 0  # started with resume=true, nothing to resume
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "older").rename(tmp_path.parent / "older_elsewhere")
+    md = to_markdown(build_tables(collect_rows(tmp_path), paper="none"))
+    assert "‡" not in md

@@ -81,11 +81,14 @@ def fmt_time(seconds: float | None) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+RESUMED = "‡"  # a resumed run's peak memory and wall time are those of its last process
+
+
 def fmt_memory(row: Row) -> str:
-    """Peak memory in GiB, marked † when it is the CPU peak; a dash when missing."""
+    """Peak memory in GiB, marked † when it is the CPU peak, ‡ when a run resumed; a dash when missing."""
     if row.memory_gib is None:
         return DASH
-    return f"{row.memory_gib:.1f}" + ("†" if row.memory_device == "cpu" else "")
+    return f"{row.memory_gib:.1f}" + ("†" if row.memory_device == "cpu" else "") + (RESUMED * row.resumed)
 
 
 def header(table: Table) -> list[str]:
@@ -122,4 +125,5 @@ def cells(table: Table, row: Row) -> list[str]:
     params = DASH if row.params_removed is None else f"{row.params_removed:.1f}%"
     if row.pattern and row.sparsity is not None:
         params = f"{row.sparsity:.1f}% zeroed"
-    return out + [params, fmt_memory(row), fmt_time(row.wall_time_s)]
+    time = fmt_time(row.wall_time_s) + (RESUMED if row.resumed and row.wall_time_s is not None else "")
+    return out + [params, fmt_memory(row), time]

@@ -107,6 +107,11 @@ def run_notes(rows: Sequence[Row]) -> list[str]:
         notes.append(
             "Peak memory marked † is the CPU peak resident set (no CUDA device); others CUDA max allocated."
         )
+    if any(r.resumed for r in rows if r.kind == "run"):
+        notes.append(
+            "‡ resumed from a checkpoint (in a row of several seeds: at least one): peak memory and wall "
+            "time are those of the last process only, not comparable with the other rows'."
+        )
     seqs = sorted({r.eval_seq_len for r in rows if r.kind != "paper" and r.eval_seq_len})
     if seqs:
         notes.append(f"Perplexity windows: {', '.join(map(str, seqs))} tokens.")

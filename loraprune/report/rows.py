@@ -100,6 +100,7 @@ class Row:
     status: str | None = None  # paper rows: abstract | secondary | unverified
     pattern: str | None = None  # semi-structured N:M runs ("2:4"): the ratio is unused
     target: str = "groups"  # what ``ratio`` is a fraction of: groups (of each layer) or params (prune.target)
+    resumed: bool = False  # a run (a seed of the row) resumed: memory and time are its last process's
     sparsity: float | None = None  # N:M runs: percent of the pruned projections' weights zeroed
     zeroshot_protocol: str | None = None  # where the zero-shot data came from: source, split(s), limit
     error: str | None = None  # failed runs: the error's type and first line
@@ -282,12 +283,21 @@ def rows_from_metrics(
         settings=run_settings(run, config),
         seeds=[run.get("seed", _seed(config))],
     )
-    rows = [_pruned_row(metrics, base)]
+    rows = [replace(_pruned_row(metrics, base), resumed=resumed_run(metrics, config))]
     if "dense" in metrics:
         rows.append(_dense_row(metrics, base))
     if before_recovery and "pruned_before_recovery" in metrics:
         rows.append(_before_recovery_row(metrics, base))
     return [replace(r, losses=[(losses or {}).get(STAGE_OF_KIND[r.kind])], run_ppl=[r.ppl]) for r in rows]
+
+
+def resumed_run(metrics: dict[str, Any], config: dict[str, Any] | None) -> bool:
+    """Whether the run resumed from a checkpoint: ``train.resumed_from_step``; runs from before it was
+    recorded count as resumed when their config says ``resume: true``."""
+    train = metrics.get("train") or {}
+    if "resumed_from_step" in train:
+        return bool(train["resumed_from_step"])
+    return "seconds" in train and bool((config or {}).get("resume"))
 
 
 def _get_target(config: dict[str, Any] | None) -> str:
@@ -376,6 +386,7 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
                 memory_gib=_mean(r.memory_gib for r in group),
                 memory_device=first.memory_device,
                 wall_time_s=_mean(r.wall_time_s for r in group),
+                resumed=any(r.resumed for r in group),
                 sparsity=_mean(r.sparsity for r in group),
                 n_runs=n,
                 run_dirs=[d for r in group for d in r.run_dirs],

@@ -147,7 +147,8 @@ def finetune(
 ) -> dict[str, float]:
     """Fine-tune the LoRA parameters for ``steps`` optimizer steps (batching, learning rate, clipping
     and seed from ``settings``), saving and resuming through ``checkpoints``. Returns summary values:
-    steps, tokens seen, first and last loss, seconds.
+    steps, tokens seen, first and last loss, seconds (summed over the processes of a resumed run), and
+    ``resumed_from_step`` when it resumed.
 
     With an ``accelerate.Accelerator`` of N processes the model trains under DDP: each rank computes its
     share of every step's micro-batches (:func:`_local_share`), the gradients are averaged once, at its
@@ -183,16 +184,18 @@ def finetune(
         if log:
             log(record)
         if checkpoints and _is_main(accelerator):
-            loop.save(checkpoints, LoopState(step, step * loop.accumulation, tokens, first_loss, loss_value))
+            seconds = start.seconds + time.perf_counter() - started
+            state = LoopState(step, step * loop.accumulation, tokens, first_loss, loss_value, seconds)
+            loop.save(checkpoints, state)
     loop.finish()
-    seconds = round(time.perf_counter() - started, 3)
-    return {
+    summary = {
         "steps": steps,
         "tokens": tokens,
         "first_loss": first_loss,
         "last_loss": loss_value,
-        "seconds": seconds,
+        "seconds": round(start.seconds + time.perf_counter() - started, 3),
     }
+    return summary | ({"resumed_from_step": start.step} if start.step else {})
 
 
 @dataclass(frozen=True)

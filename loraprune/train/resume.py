@@ -50,6 +50,7 @@ class LoopState:
     tokens: int = 0
     first_loss: float | None = None
     last_loss: float = float("nan")
+    seconds: float = 0.0  # fine-tuning time so far, over every process that ran it
 
 
 # ---------------------------------------------------------------------------------- run directory
