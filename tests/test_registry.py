@@ -150,6 +150,12 @@ def test_render_writes_every_table_with_its_header_and_is_idempotent(tmp_path, c
     assert main(args) == 0  # again: nothing changes
     assert out.read_text() == text and capsys.readouterr().err.strip() == f"unchanged {out}"
     assert render_registry(registry) == text
+    # --check: 0 while the file is current; 1 naming it once it is not, and nothing is written
+    assert main([*args, "--check"]) == 0
+    out.write_text(text.replace("| ref. |", "| 0.00 |"))
+    assert main([*args, "--check"]) == 1
+    assert f"{out} is not what the registry renders" in capsys.readouterr().err
+    assert "| 0.00 |" in out.read_text()
 
 
 def test_render_fills_the_readme_headline_block(tmp_path):

@@ -77,12 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
         '[reference="ROW"] --> and <!-- results:headline:end --> in this file (VIEW: a view\'s title or '
         "sets; default: README.md and docs/results.md; a file that is absent is skipped)",
     )
+    render.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 naming each file whose tables differ from the registry's (for CI)",
+    )
     return parser
 
 
 def _update(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` unless it holds it already; say which on stderr."""
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
+    if _current(path) == text:
         print(f"unchanged {path}", file=sys.stderr)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``loraprune-results add ...`` or ``loraprune-results render ...``.
 
     Returns:
-        0, or 2 after one error line.
+        0; 1 when ``render --check`` finds a stale file; 2 after one error line.
     """
     args = build_parser().parse_args(argv)
     try:
@@ -119,10 +124,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    _update(args.out, document)
-    for path, text in filled.items():
+    outputs = {args.out: document, **filled}
+    if args.check:
+        stale = [path for path, text in outputs.items() if _current(path) != text]
+        for path in stale:
+            print(
+                f"{PROG}: {path} is not what the registry renders; run loraprune-results render",
+                file=sys.stderr,
+            )
+        return 1 if stale else 0
+    for path, text in outputs.items():
         _update(path, text)
     return 0
+
+
+def _current(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 if __name__ == "__main__":
