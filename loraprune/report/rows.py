@@ -292,8 +292,8 @@ def rows_from_metrics(
 
 
 def resumed_run(metrics: dict[str, Any], config: dict[str, Any] | None) -> bool:
-    """Whether the run resumed from a checkpoint: ``train.resumed_from_step``; runs from before it was
-    recorded count as resumed when their config says ``resume: true``."""
+    """Whether the run resumed from a checkpoint: ``train.resumed_from_step`` > 0; a run that fine-tuned
+    before that was recorded counts as resumed when its config says ``resume: true``."""
     train = metrics.get("train") or {}
     if "resumed_from_step" in train:
         return bool(train["resumed_from_step"])

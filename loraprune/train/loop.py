@@ -148,7 +148,7 @@ def finetune(
     """Fine-tune the LoRA parameters for ``steps`` optimizer steps (batching, learning rate, clipping
     and seed from ``settings``), saving and resuming through ``checkpoints``. Returns summary values:
     steps, tokens seen, first and last loss, seconds (summed over the processes of a resumed run), and
-    ``resumed_from_step`` when it resumed.
+    ``resumed_from_step`` (0: it did not resume).
 
     With an ``accelerate.Accelerator`` of N processes the model trains under DDP: each rank computes its
     share of every step's micro-batches (:func:`_local_share`), the gradients are averaged once, at its
@@ -188,14 +188,14 @@ def finetune(
             state = LoopState(step, step * loop.accumulation, tokens, first_loss, loss_value, seconds)
             loop.save(checkpoints, state)
     loop.finish()
-    summary = {
+    return {
         "steps": steps,
         "tokens": tokens,
         "first_loss": first_loss,
         "last_loss": loss_value,
         "seconds": round(start.seconds + time.perf_counter() - started, 3),
+        "resumed_from_step": start.step,
     }
-    return summary | ({"resumed_from_step": start.step} if start.step else {})
 
 
 @dataclass(frozen=True)
