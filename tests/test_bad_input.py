@@ -81,3 +81,10 @@ def test_global_selection_of_query_heads_on_gqa_is_refused_before_loading(tmp_pa
         )
     with pytest.raises(ConfigError, match="prune.selection must be local / global / budget"):
         _resolve("prune.selection=everywhere", f"output_dir={tmp_path}")
+
+
+def test_parameter_target_beyond_what_budget_selection_can_remove(tmp_path):
+    # the embeddings stay: 90% of all parameters is more than every layer keeping one unit of each kind
+    cfg = to_config(compose("debug=tiny", "prune.target=params", "prune.ratio=0.9", f"output_dir={tmp_path}"))
+    with pytest.raises(ConfigError, match="more than the .* that budget selection can remove"):
+        resolve(cfg)

@@ -73,6 +73,26 @@ def test_param_target_hits_requested_fraction(tmp_path):
     assert 0 < metrics["run"]["group_ratio"] < 1
 
 
+def test_param_target_is_met_by_budget_selection_and_approached_by_local(tmp_path):
+    # 2 KV groups per layer: local selection moves each layer's attention in halves, and the nearest group
+    # ratio removes 10%; budget selection (the default method's) removes the fraction itself, to one channel
+    args = (
+        "debug=tiny",
+        "model.tiny.num_kv_heads=2",
+        "prune.target=params",
+        "prune.ratio=0.15",
+        "save_model=false",
+    )
+    local = run(compose(*args, "prune.selection=local", f"output_dir={tmp_path / 'local'}"))
+    budget = run(compose(*args, f"output_dir={tmp_path / 'budget'}"))
+    assert local["run"]["param_budget"] is None
+    assert budget["run"]["group_ratio"] == local["run"]["group_ratio"]  # the schedule's end, for both
+    before, after = budget["params"]["total_before"], budget["params"]["total_after"]
+    assert budget["run"]["param_budget"] == round(0.15 * before)
+    assert 0 <= budget["run"]["param_budget"] - (before - after) < 3 * 64  # within one channel (gate/up/down)
+    assert abs(local["params"]["removed_fraction_total"] - 0.15) > 0.03
+
+
 def test_magnitude_and_grad_methods_run(tmp_path):
     for method in ("magnitude", "grad"):
         metrics = run(

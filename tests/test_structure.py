@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from loraprune.core.budget import params_removed, ratio_for_param_fraction
+from loraprune.core.budget import budget_capacity, params_removed, ratio_for_param_fraction
 from loraprune.core.structure import (
     Geometry,
     attention_kind,
@@ -83,3 +83,23 @@ def test_ratio_for_param_fraction_inverts_params_removed():
     r = ratio_for_param_fraction(MHA, "kv_group", 0.2, total, 28)
     got = params_removed(MHA, "kv_group", r, 28) / total
     assert abs(got - 0.2) < 0.002
+
+
+def test_params_removed_of_one_kind_by_hand():
+    assert params_removed(MHA, "kv_group", 0.5, 28, kinds=["attn"]) == 28 * 16 * 4 * 4096 * 128
+    assert params_removed(MHA, "kv_group", 0.5, 28, kinds=["mlp"]) == 28 * 5504 * 3 * 4096
+
+
+def test_budget_capacity_by_hand():
+    # every layer keeps one of its 32 heads and one of its 11008 channels
+    assert budget_capacity(MHA, "kv_group", 28) == 28 * (31 * 4 * 4096 * 128 + 11007 * 3 * 4096)
+    assert budget_capacity(MHA, "kv_group", 28, kinds=["mlp"]) == 28 * 11007 * 3 * 4096
+
+
+def test_ratio_for_param_fraction_of_the_mlp_alone():
+    # with the attention left whole, the MLP must go further to remove the same fraction
+    total = 6_738_415_616
+    both = ratio_for_param_fraction(MHA, "kv_group", 0.2, total, 28)
+    mlp = ratio_for_param_fraction(MHA, "kv_group", 0.2, total, 28, kinds=["mlp"])
+    assert mlp > both
+    assert abs(params_removed(MHA, "kv_group", mlp, 28, kinds=["mlp"]) / total - 0.2) < 0.002

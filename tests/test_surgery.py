@@ -24,11 +24,11 @@ def _lora(model, seed=1):
     return pm
 
 
-def _pruned(model, tokens, unit="kv_group", ratio=0.5, steps=3, selection="local"):
+def _pruned(model, tokens, unit="kv_group", ratio=0.5, steps=3, selection="local", **more):
     geo = Geometry.from_config(model.config)
     pm = _lora(model)
     settings = PrunerSettings(
-        ratio=ratio, attention_unit=unit, prune_freq=1, excluded_layers=[0], selection=selection
+        ratio=ratio, attention_unit=unit, prune_freq=1, excluded_layers=[0], selection=selection, **more
     )
     pruner = GroupPruner(
         pm, geo, build_criterion("loraprune"), settings, build_schedule("cubic", ratio, steps)
@@ -211,3 +211,23 @@ def test_budget_selection_removes_the_ratios_parameters_and_masked_equals_pruned
     budget = params_removed(geo, "kv_group", ratio, len(pruner.prunable), attention_bias=bias)
     cheapest = min(params_per_unit(geo, "kv_group", attention_bias=bias).values())
     assert budget - cheapest < before - count_parameters(merged) <= budget
+
+
+@pytest.mark.parametrize("selection", ["budget", "adaptive"])
+def test_a_parameter_budget_is_met_whatever_the_group_ratio(tiny, tokens, selection):
+    # the schedule ends at group ratio 0.5, but the pruner removes the parameters it is given (those of a
+    # third of the ratio's units here), to within the cheapest unit; masked == pruned still
+    model, _ = tiny
+    geo = Geometry.from_config(model.config)
+    bias = model.model.layers[0].self_attn.q_proj.bias is not None
+    half = params_removed(geo, "kv_group", 0.5, geo.num_layers - 1, attention_bias=bias)
+    pm, pruner, _ = _pruned(model, tokens, ratio=0.5, selection=selection, param_budget=half // 3)
+    masked, pruned, merged, before, _ = _masked_and_pruned(pm, pruner, tokens)
+    assert torch.allclose(masked, pruned, atol=1e-4)
+    cheapest = min(params_per_unit(geo, "kv_group", attention_bias=bias).values())
+    assert half // 3 - cheapest < before - count_parameters(merged) <= half // 3
+
+
+def test_a_parameter_budget_needs_a_positive_ratio():
+    with pytest.raises(ValueError, match="param_budget"):
+        PrunerSettings(ratio=0.0, selection="budget", param_budget=10)

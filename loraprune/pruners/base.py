@@ -55,6 +55,9 @@ class PrunerSettings:
     ``least_squares`` | ``scales``, :mod:`loraprune.core.reconstruct`; ``None``: the criterion's own, i.e.
     FLAP's bias where it gives means), ``reconstruct_damp`` its damping (a fraction of mean diag of the Gram).
     ``round_to``: every kept width a multiple of it (:mod:`loraprune.core.rounding`; ``None``: as selected).
+    ``param_budget``: the parameters a selection across layers (``budget`` / ``adaptive``) removes once
+    the schedule reaches ``ratio`` (``prune.target=params``: that fraction of the model, exactly up to the
+    cheapest unit), in proportion before; ``None``: those of ``ratio``'s units in every prunable layer.
     """
 
     ratio: float = 0.0
@@ -76,8 +79,14 @@ class PrunerSettings:
     reconstruct: str | None = None
     reconstruct_damp: float = 0.01
     round_to: int | None = None
+    param_budget: int | None = None
 
     def __post_init__(self) -> None:
+        if self.param_budget is not None and (self.param_budget < 0 or self.ratio <= 0):
+            raise ValueError(
+                f"param_budget must be >= 0 with a positive ratio, got {self.param_budget} "
+                f"at ratio {self.ratio}"
+            )
         if self.round_to is not None and self.round_to < 1:
             raise ValueError(f"prune.round_to must be a positive integer or null, got {self.round_to}")
         if self.reconstruct is not None and self.reconstruct not in RECONSTRUCTIONS:

@@ -188,7 +188,7 @@ class GroupPruner(Pruner):
         if self.settings.selection == "local":
             counts = self._round_counts(counts)
         if self.settings.selection in ("budget", "adaptive"):
-            self._select_budget(counts)
+            self._select_budget(counts, ratio)
             self._round_selection(ratio)
             self._refine()
             self.progress = ratio
@@ -268,11 +268,16 @@ class GroupPruner(Pruner):
         mlp_bias = projection(layer, "gate_proj").bias is not None
         return params_per_unit(self.geo, self.settings.attention_unit, attention_bias, mlp_bias)
 
-    def _select_budget(self, counts: dict[str, int]) -> None:
-        """Remove the parameters of ``counts`` units per kind and layer, chosen over all layers and kinds."""
+    def _select_budget(self, counts: dict[str, int], ratio: float) -> None:
+        """Remove the parameters of ``counts`` units per kind and layer (or ``settings.param_budget`` in
+        proportion to ``ratio``), chosen over all layers and kinds."""
         cost = self.unit_cost()
         keys = [(i, kind.name) for i in self.prunable for kind in self.kinds]
-        budget = sum(counts[name] * cost[name] for _, name in keys)
+        s = self.settings
+        if s.param_budget is not None:
+            budget = round(s.param_budget * ratio / s.ratio)
+        else:
+            budget = sum(counts[name] * cost[name] for _, name in keys)
         scores = {key: self.ema.get(key) for key in keys}
         removed = {key: self.masks.removed[key] for key in keys}
         per_parameter = self.settings.selection == "budget"

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from loraprune import data
 from loraprune.config.schema import LoraPruneConfig
-from loraprune.core.budget import ratio_for_param_fraction
+from loraprune.core.budget import budget_capacity, ratio_for_param_fraction
 from loraprune.core.depth import layers_for_target
 from loraprune.core.importance import NORMALIZE_ORDERS
 from loraprune.core.structure import (
@@ -436,7 +436,7 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
         "exclude_first_fraction / exclude_last / layer_range): nothing is left to prune",
     )
     total, attention_bias, layer_params = _parameter_count(config)
-    ratio, depth = p.ratio or 0.0, 0
+    ratio, depth, param_budget = p.ratio or 0.0, 0, None
     try:
         if is_depth(cfg):
             prunable = [i for i in range(geo.num_layers) if i not in excluded]
@@ -444,7 +444,7 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
             ratio = depth / len(prunable)
         elif p.target == "params" and p.pattern is None:
             prunable = geo.num_layers - len(excluded)
-            ratio = ratio_for_param_fraction(geo, p.attention_unit, p.ratio, total, prunable, attention_bias)
+            ratio, param_budget = _params_target(cfg, geo, total, attention_bias, prunable)
         if not depth:
             removable_counts(geo, p.attention_unit, ratio)
     except ValueError as e:
@@ -461,7 +461,7 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
         "prune.selection=local",
     )
     schedule, at_step = effective_schedule(cfg)
-    settings = _pruner_settings(cfg, ratio, excluded, depth)
+    settings = _pruner_settings(cfg, ratio, excluded, depth, param_budget)
     return RunPlan(cfg, geo, excluded, schedule, at_step, settings, total, check_run_dir(cfg))
 
 
@@ -533,8 +533,33 @@ def effective_selection(cfg: LoraPruneConfig) -> str:
     return cfg.prune.selection or cfg.method.selection
 
 
+def _params_target(
+    cfg: LoraPruneConfig, geo: Geometry, total: int, attention_bias: bool, prunable: int
+) -> tuple[float, int | None]:
+    """``prune.target=params``: the group ratio that comes nearest to ``prune.ratio`` of the ``total``
+    parameters (the schedule's end; local and global selection remove it in every layer, in whole units),
+    and for a selection across layers (``budget`` / ``adaptive``) the parameter budget itself, so the
+    fraction is met whatever the per-layer rounding (with 3 KV groups a layer's attention moves in
+    thirds: 35% would otherwise become the 50% group ratio's 37%)."""
+    p = cfg.prune
+    kinds = [k for k, on in (("attn", p.prune_attention), ("mlp", p.prune_mlp)) if on]
+    unit = p.attention_unit
+    ratio = ratio_for_param_fraction(geo, unit, p.ratio, total, prunable, attention_bias, kinds=kinds)
+    if effective_selection(cfg) not in ("budget", "adaptive"):
+        return ratio, None
+    budget = round(p.ratio * total)
+    capacity = budget_capacity(geo, unit, prunable, attention_bias, kinds=kinds)
+    _check(
+        budget <= capacity,
+        f"prune.target=params prune.ratio={p.ratio}: {budget:,} parameters, more than the "
+        f"{capacity:,} that {effective_selection(cfg)} selection can remove from the {prunable} prunable "
+        "layers while each keeps one unit of each kind",
+    )
+    return ratio, budget
+
+
 def _pruner_settings(
-    cfg: LoraPruneConfig, ratio: float, excluded: list[int], layers: int = 0
+    cfg: LoraPruneConfig, ratio: float, excluded: list[int], layers: int = 0, param_budget: int | None = None
 ) -> PrunerSettings:
     p, m = cfg.prune, cfg.method
     return PrunerSettings(
@@ -557,6 +582,7 @@ def _pruner_settings(
         reconstruct=effective_reconstruct(cfg) if p.pattern is None and not is_depth(cfg) else None,
         reconstruct_damp=p.reconstruct_damp,
         round_to=p.round_to,
+        param_budget=param_budget,
     )
 
 
