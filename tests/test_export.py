@@ -529,3 +529,15 @@ def test_export_completes_a_bare_card_from_the_run_files(tmp_path):
     text = (tmp_path / "out" / "README.md").read_text()
     assert front_matter(text)["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "45.500" in text and "loraprune prune.ratio=0.5 'output_dir=/tmp/x y'" in text
+
+
+def test_model_card_of_a_parameter_target_says_the_budget(tmp_path):
+    # budget selection: the group ratio is where the schedule ends, the budget what was removed
+    model, tok, plan = pruned_tiny(CASES["gqa"])
+    metrics, config = _card_inputs()
+    metrics["run"].update(target="params", ratio=0.35, selection="budget", param_budget=350)
+    save_pruned(model, tok, plan, tmp_path / "m", metrics=metrics, config=config)
+    text = (tmp_path / "m" / "README.md").read_text()
+    assert "| group ratio the schedule ends at | 0.500 |" in text
+    assert "| parameters removed (budget) | 350 |" in text
+    assert "group ratio per prunable layer" not in text

@@ -104,9 +104,12 @@ def _pruning(card: ModelCard) -> list[str]:
         (
             "removed fraction of the prunable layers"
             if card.removed_layers
-            else "group ratio per prunable layer",
+            else "group ratio per prunable layer"
+            if run.get("selection") in (None, "local", "global")
+            else "group ratio the schedule ends at",
             run.get("group_ratio"),
         ),
+        ("parameters removed (budget)", run.get("param_budget")),
         ("attention unit", run.get("attention_unit")),
         ("schedule", run.get("schedule")),
         ("fine-tuning steps", run.get("steps")),
