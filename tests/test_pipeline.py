@@ -73,9 +73,10 @@ def test_param_target_hits_requested_fraction(tmp_path):
     assert 0 < metrics["run"]["group_ratio"] < 1
 
 
-def test_param_target_is_met_by_budget_selection_and_approached_by_local(tmp_path):
-    # 2 KV groups per layer: local selection moves each layer's attention in halves, and the nearest group
-    # ratio removes 10%; budget selection (the default method's) removes the fraction itself, to one channel
+def test_param_target_is_met_by_budget_and_by_local_selection(tmp_path):
+    # 2 KV groups per layer: a uniform group ratio moves each layer's attention in halves, and the nearest
+    # one removes 10%. Budget selection (the default method's) removes the fraction itself, to one channel;
+    # local selection cuts every layer alike, by counts of each kind that remove it to half a channel a layer
     args = (
         "debug=tiny",
         "model.tiny.num_kv_heads=2",
@@ -85,12 +86,24 @@ def test_param_target_is_met_by_budget_selection_and_approached_by_local(tmp_pat
     )
     local = run(compose(*args, "prune.selection=local", f"output_dir={tmp_path / 'local'}"))
     budget = run(compose(*args, f"output_dir={tmp_path / 'budget'}"))
-    assert local["run"]["param_budget"] is None
+    assert local["run"]["param_budget"] is None and budget["run"]["unit_counts"] is None
     assert budget["run"]["group_ratio"] == local["run"]["group_ratio"]  # the schedule's end, for both
     before, after = budget["params"]["total_before"], budget["params"]["total_after"]
     assert budget["run"]["param_budget"] == round(0.15 * before)
     assert 0 <= budget["run"]["param_budget"] - (before - after) < 3 * 64  # within one channel (gate/up/down)
-    assert abs(local["params"]["removed_fraction_total"] - 0.15) > 0.03
+    counts = local["run"]["unit_counts"]
+    pruned = [k for k in local["kept_per_layer"].values() if k["channels"] < 128]
+    assert pruned and all(
+        k
+        == {
+            "q_heads": 4 - 2 * counts["attn"],
+            "kv_heads": 2 - counts["attn"],
+            "channels": 128 - counts["mlp"],
+        }
+        for k in pruned
+    )
+    removed = local["params"]["total_before"] - local["params"]["total_after"]
+    assert abs(removed - 0.15 * before) <= len(pruned) * 3 * 64 / 2
 
 
 def test_magnitude_and_grad_methods_run(tmp_path):

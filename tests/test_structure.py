@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from loraprune.core.budget import budget_capacity, params_removed, ratio_for_param_fraction
+from loraprune.core.budget import (
+    budget_capacity,
+    counts_for_param_fraction,
+    params_removed,
+    ratio_for_param_fraction,
+)
 from loraprune.core.structure import (
     Geometry,
     attention_kind,
@@ -103,3 +108,37 @@ def test_ratio_for_param_fraction_of_the_mlp_alone():
     mlp = ratio_for_param_fraction(MHA, "kv_group", 0.2, total, 28, kinds=["mlp"])
     assert mlp > both
     assert abs(params_removed(MHA, "kv_group", mlp, 28, kinds=["mlp"]) / total - 0.2) < 0.002
+
+
+SMALL = Geometry(num_layers=1, hidden_size=4, num_heads=2, num_kv_heads=2, head_dim=2, intermediate_size=8)
+
+
+def test_counts_for_param_fraction_by_hand():
+    # a head: q, k, v rows and o columns, 4 * 4 * 2 = 32 params; a channel: gate, up, down, 3 * 4 = 12
+    # 10% of 1000 = 100: no head and 8 channels would take 96 but a layer keeps one channel (7: 84, 16 off);
+    # one head and 6 channels remove 104, within half a channel (6)
+    assert counts_for_param_fraction(SMALL, "kv_group", 0.1, 1000, 1) == {"attn": 1, "mlp": 6}
+    # 5% = 50: one head + 2 channels (56, 6 off) and no head + 4 channels (48, 2 off) are both within half
+    # a channel; the first loses 1/2 of the heads and 1/4 of the channels (1/4 apart), the second 0 and
+    # 1/2 (1/2 apart): the more uniform cut is taken
+    assert counts_for_param_fraction(SMALL, "kv_group", 0.05, 1000, 1) == {"attn": 1, "mlp": 2}
+    # the MLP alone cannot give 100 (7 channels: 84); the attention alone comes nearest with one head
+    with pytest.raises(ValueError, match="no count of units"):
+        counts_for_param_fraction(SMALL, "kv_group", 0.1, 1000, 1, kinds=["mlp"])
+    assert counts_for_param_fraction(SMALL, "kv_group", 0.1, 1000, 1, kinds=["attn"]) == {"attn": 1, "mlp": 0}
+
+
+def test_counts_for_param_fraction_meets_35_percent_where_no_group_ratio_does():
+    # SmolLM2-135M: 3 KV groups, 26 prunable layers; the nearest uniform ratio (0.5) removes 37.05%
+    smol = Geometry(
+        num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=64, intermediate_size=1536
+    )
+    total = 134_515_008
+    counts = counts_for_param_fraction(smol, "kv_group", 0.35, total, 26)
+    per = {"attn": 4 * 576 * 64 + 2 * 2 * 576 * 64, "mlp": 3 * 576}  # 3 query heads + k, v; a channel
+    removed = 26 * (counts["attn"] * per["attn"] + counts["mlp"] * per["mlp"])
+    assert abs(removed - 0.35 * total) <= 26 * per["mlp"] / 2
+    assert abs(params_removed(smol, "kv_group", 0.5, 26) / total - 0.3705) < 0.0005
+    # query heads on GQA: equal numbers from every KV group, so attention moves in threes
+    counts = counts_for_param_fraction(smol, "query_head", 0.35, total, 26)
+    assert counts["attn"] % 3 == 0

@@ -228,6 +228,27 @@ def test_a_parameter_budget_is_met_whatever_the_group_ratio(tiny, tokens, select
     assert half // 3 - cheapest < before - count_parameters(merged) <= half // 3
 
 
+@pytest.mark.parametrize("selection", ["local", "global"])
+def test_unit_counts_cut_every_layer_alike_whatever_the_group_ratio(tiny, tokens, selection):
+    # the schedule ends at group ratio 0.5, but every prunable layer loses the counts it is given (one
+    # attention unit, a quarter of the channels), in total for global selection; masked == pruned still
+    model, _ = tiny
+    geo = Geometry.from_config(model.config)
+    counts = {"attn": 1, "mlp": geo.intermediate_size // 4}
+    pm, pruner, _ = _pruned(model, tokens, ratio=0.5, selection=selection, unit_counts=counts)
+    removed = {key: int(v.sum()) for key, v in pruner.masks.removed.items()}
+    layers = len(pruner.prunable)
+    for kind in ("attn", "mlp"):
+        per_layer = [n for (_, name), n in removed.items() if name == kind]
+        assert sum(per_layer) == layers * counts[kind]
+        if selection == "local":
+            assert set(per_layer) == {counts[kind]}
+    masked, pruned, *_ = _masked_and_pruned(pm, pruner, tokens)
+    assert torch.allclose(masked, pruned, atol=1e-4)
+
+
 def test_a_parameter_budget_needs_a_positive_ratio():
     with pytest.raises(ValueError, match="param_budget"):
         PrunerSettings(ratio=0.0, selection="budget", param_budget=10)
+    with pytest.raises(ValueError, match="unit_counts"):
+        PrunerSettings(ratio=0.0, unit_counts={"attn": 1, "mlp": 2})

@@ -90,7 +90,7 @@ class PruneConfig:
     ``reconstruct`` compensates removed units of structured methods (``loraprune/core/reconstruct.py``)."""
 
     ratio: float | None = 0.2  # in [0, 1): groups per prunable layer (target=groups) or of all params
-    target: str = "groups"  # groups | params (budget selection meets it; local: the nearest group ratio)
+    target: str = "groups"  # groups | params (every selection meets the fraction of all parameters)
     attention_unit: str = "kv_group"  # GQA: kv_group (a KV head with its query heads) | query_head
     schedule: str = "cubic"  # cubic | linear | one_shot: the ratio over the fine-tune steps
     prune_freq: int = 10  # steps between mask updates

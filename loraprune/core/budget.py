@@ -81,3 +81,47 @@ def ratio_for_param_fraction(
     if fraction > 0 and best == 0.0:
         raise ValueError(f"no group ratio removes {fraction:.1%} of the parameters")
     return best
+
+
+def counts_for_param_fraction(
+    geo: Geometry,
+    unit: AttentionUnit,
+    fraction: float,
+    total_params: int,
+    num_prunable_layers: int,
+    attention_bias: bool = False,
+    mlp_bias: bool = False,
+    kinds: Collection[str] = KINDS,
+) -> dict[str, int]:
+    """Units of each kind removed in every prunable layer so that together they remove ``fraction`` of
+    ``total_params`` (to within half an MLP channel per layer), for selections that cut every layer alike.
+
+    Each attention count the layer allows (a multiple of the KV-head count for ``query_head`` units on a
+    GQA model; every layer keeps one unit) is completed with the MLP channels that come nearest; of those
+    pairs the one whose two kinds lose the most similar fractions is taken, the cut closest to a uniform
+    group ratio. With only one kind in ``kinds``, its nearest count.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"parameter fraction must be in (0, 1), got {fraction}")
+    n_attn, n_mlp = attention_kind(geo, unit).num_units, geo.intermediate_size
+    per = params_per_unit(geo, unit, attention_bias, mlp_bias)
+    target = fraction * total_params / num_prunable_layers  # per layer
+    step = geo.num_kv_heads if unit == "query_head" and geo.queries_per_kv > 1 else 1
+    attn_counts = range(0, n_attn, step) if "attn" in kinds else range(1)
+    best: tuple[float, float] | None = None
+    counts: dict[str, int] = {}
+    for a in attn_counts:
+        rest = target - a * per["attn"]
+        m = min(max(round(rest / per["mlp"]), 0), n_mlp - 1) if "mlp" in kinds else 0
+        err = abs(a * per["attn"] + m * per["mlp"] - target)
+        if err > per["mlp"] / 2 + 1e-9 and "mlp" in kinds:
+            continue  # the MLP cannot make up the rest within the layer
+        key = (abs(a / n_attn - m / n_mlp), err) if "mlp" in kinds and "attn" in kinds else (err, 0.0)
+        if best is None or key < best:
+            best, counts = key, {"attn": a, "mlp": m}
+    if not counts or (counts["attn"] == 0 and counts["mlp"] == 0):
+        raise ValueError(
+            f"no count of units per layer removes {fraction:.1%} of the parameters "
+            f"({num_prunable_layers} prunable layers, {n_attn} attention units and {n_mlp} MLP channels each)"
+        )
+    return counts

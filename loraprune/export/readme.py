@@ -89,6 +89,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
         return f"{value:.{digits}f}"
     if isinstance(value, int):
         return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
     return str(value)
 
 
@@ -105,11 +107,12 @@ def _pruning(card: ModelCard) -> list[str]:
             "removed fraction of the prunable layers"
             if card.removed_layers
             else "group ratio per prunable layer"
-            if run.get("selection") in (None, "local", "global")
+            if run.get("selection") in (None, "local", "global") and not run.get("unit_counts")
             else "group ratio the schedule ends at",
             run.get("group_ratio"),
         ),
         ("parameters removed (budget)", run.get("param_budget")),
+        ("units removed per prunable layer", run.get("unit_counts")),
         ("attention unit", run.get("attention_unit")),
         ("schedule", run.get("schedule")),
         ("fine-tuning steps", run.get("steps")),

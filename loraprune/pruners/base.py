@@ -58,6 +58,9 @@ class PrunerSettings:
     ``param_budget``: the parameters a selection across layers (``budget`` / ``adaptive``) removes once
     the schedule reaches ``ratio`` (``prune.target=params``: that fraction of the model, exactly up to the
     cheapest unit), in proportion before; ``None``: those of ``ratio``'s units in every prunable layer.
+    ``unit_counts``: for a selection that cuts every layer alike (``local`` / ``global``), the units of each
+    kind removed per prunable layer once the schedule reaches ``ratio`` (``prune.target=params``: the counts
+    that remove that fraction), in proportion before; ``None``: ``ratio``'s.
     """
 
     ratio: float = 0.0
@@ -80,11 +83,17 @@ class PrunerSettings:
     reconstruct_damp: float = 0.01
     round_to: int | None = None
     param_budget: int | None = None
+    unit_counts: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.param_budget is not None and (self.param_budget < 0 or self.ratio <= 0):
             raise ValueError(
                 f"param_budget must be >= 0 with a positive ratio, got {self.param_budget} "
+                f"at ratio {self.ratio}"
+            )
+        if self.unit_counts is not None and (self.ratio <= 0 or min(self.unit_counts.values()) < 0):
+            raise ValueError(
+                f"unit_counts must be >= 0 with a positive ratio, got {self.unit_counts} "
                 f"at ratio {self.ratio}"
             )
         if self.round_to is not None and self.round_to < 1:

@@ -184,7 +184,7 @@ class GroupPruner(Pruner):
         if not self.ema.values:
             self.needs_observation()
             self.ema.update(self.current_scores())
-        counts = removable_counts(self.geo, self.settings.attention_unit, ratio)
+        counts = self._counts_at(ratio)
         if self.settings.selection == "local":
             counts = self._round_counts(counts)
         if self.settings.selection in ("budget", "adaptive"):
@@ -203,6 +203,18 @@ class GroupPruner(Pruner):
         self._refine()
         self.progress = ratio
         log.debug("pruned to ratio %.4f", ratio)
+
+    def _counts_at(self, ratio: float) -> dict[str, int]:
+        """Units of each kind removed per prunable layer at ``ratio``: ``settings.unit_counts`` in proportion
+        (equal numbers per KV group kept for query heads on GQA), else the ratio's own."""
+        s = self.settings
+        if s.unit_counts is None:
+            return removable_counts(self.geo, s.attention_unit, ratio)
+        scale = ratio / s.ratio
+        counts = {name: int(n * scale + 0.5) for name, n in s.unit_counts.items()}
+        if self.buckets > 1:
+            counts["attn"] = self.buckets * int(s.unit_counts.get("attn", 0) / self.buckets * scale + 0.5)
+        return counts
 
     def _unit_multiples(self) -> dict[str, int]:
         """``prune.round_to`` as units per step of each kind (:mod:`loraprune.core.rounding`)."""

@@ -48,12 +48,14 @@ before any model is loaded and before anything is written.
 
 `prune.ratio` is the fraction of groups removed in each prunable layer (the paper's meaning), rounded to
 whole heads/channels; every run reports the parameter reduction it achieved, of the whole model and of the
-decoder layers, exactly. `prune.target=params` asks for a fraction of all parameters: a selection across
-layers (`budget`, the default method's, or `adaptive`) removes that many parameters, to within one MLP
-channel, with the schedule ending at the nearest group ratio; `local` and `global` selection remove the same
-units in every layer, so they take the group ratio that comes nearest (with 3 KV groups a layer's attention
-moves in thirds: 35% of SmolLM2-135M's parameters becomes the 50% group ratio's 37.05%). `run.param_budget`
-in `metrics.json` records the budget (null where the ratio alone decides).
+decoder layers, exactly. `prune.target=params` asks for a fraction of all parameters, and every selection
+meets it (a uniform group ratio cannot: with 3 KV groups a layer's attention moves in thirds, and 35% of
+SmolLM2-135M's parameters would be the 50% ratio's 37.05%). A selection across layers (`budget`, the
+default method's, or `adaptive`) removes that many parameters, to within one MLP channel; `local` removes
+from every layer the same attention units and MLP channels, counts that remove it to within half a channel
+a layer (of those, the pair whose two kinds lose the most similar fractions), and `global` as many in
+all. The schedule ends at the nearest uniform group ratio and reaches the cut in proportion.
+`metrics.json` records `run.param_budget` or `run.unit_counts` (null for a group target).
 
 One-shot methods (`method.kind=one_shot`) prune at step 0 from calibration statistics (true gradients,
 activation norms or Hessians of `method.calibration.samples` samples), then fine-tune LoRA as the

@@ -225,6 +225,7 @@ def describe_run(plan: RunPlan, steps: int, model) -> dict[str, Any]:
             "target": cfg.prune.target,
             "group_ratio": plan.pruner.ratio if plan.pruner.pattern is None else None,
             "param_budget": plan.pruner.param_budget,
+            "unit_counts": plan.pruner.unit_counts,
             "pattern": plan.pruner.pattern,
             "attention_unit": cfg.prune.attention_unit,
             "schedule": plan.schedule,

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from loraprune import data
 from loraprune.config.schema import LoraPruneConfig
-from loraprune.core.budget import budget_capacity, ratio_for_param_fraction
+from loraprune.core.budget import budget_capacity, counts_for_param_fraction, ratio_for_param_fraction
 from loraprune.core.depth import layers_for_target
 from loraprune.core.importance import NORMALIZE_ORDERS
 from loraprune.core.structure import (
@@ -436,7 +436,7 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
         "exclude_first_fraction / exclude_last / layer_range): nothing is left to prune",
     )
     total, attention_bias, layer_params = _parameter_count(config)
-    ratio, depth, param_budget = p.ratio or 0.0, 0, None
+    ratio, depth, param_budget, unit_counts = p.ratio or 0.0, 0, None, None
     try:
         if is_depth(cfg):
             prunable = [i for i in range(geo.num_layers) if i not in excluded]
@@ -444,7 +444,7 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
             ratio = depth / len(prunable)
         elif p.target == "params" and p.pattern is None:
             prunable = geo.num_layers - len(excluded)
-            ratio, param_budget = _params_target(cfg, geo, total, attention_bias, prunable)
+            ratio, param_budget, unit_counts = _params_target(cfg, geo, total, attention_bias, prunable)
         if not depth:
             removable_counts(geo, p.attention_unit, ratio)
     except ValueError as e:
@@ -461,7 +461,7 @@ def resolve(cfg: LoraPruneConfig) -> RunPlan:
         "prune.selection=local",
     )
     schedule, at_step = effective_schedule(cfg)
-    settings = _pruner_settings(cfg, ratio, excluded, depth, param_budget)
+    settings = _pruner_settings(cfg, ratio, excluded, depth, param_budget, unit_counts)
     return RunPlan(cfg, geo, excluded, schedule, at_step, settings, total, check_run_dir(cfg))
 
 
@@ -535,31 +535,38 @@ def effective_selection(cfg: LoraPruneConfig) -> str:
 
 def _params_target(
     cfg: LoraPruneConfig, geo: Geometry, total: int, attention_bias: bool, prunable: int
-) -> tuple[float, int | None]:
+) -> tuple[float, int | None, dict[str, int] | None]:
     """``prune.target=params``: the group ratio that comes nearest to ``prune.ratio`` of the ``total``
-    parameters (the schedule's end; local and global selection remove it in every layer, in whole units),
-    and for a selection across layers (``budget`` / ``adaptive``) the parameter budget itself, so the
-    fraction is met whatever the per-layer rounding (with 3 KV groups a layer's attention moves in
-    thirds: 35% would otherwise become the 50% group ratio's 37%)."""
+    parameters (where the schedule ends), and what the selection removes there so the fraction is met
+    whatever the per-layer rounding (with 3 KV groups a layer's attention moves in thirds, and 35% would
+    otherwise become the 50% group ratio's 37%): a selection across layers (``budget`` / ``adaptive``) the
+    parameters themselves; one that cuts every layer alike (``local`` / ``global``) the units of each kind
+    per layer that remove them (:func:`~loraprune.core.budget.counts_for_param_fraction`)."""
     p = cfg.prune
     kinds = [k for k, on in (("attn", p.prune_attention), ("mlp", p.prune_mlp)) if on]
-    unit = p.attention_unit
+    unit, selection = p.attention_unit, effective_selection(cfg)
     ratio = ratio_for_param_fraction(geo, unit, p.ratio, total, prunable, attention_bias, kinds=kinds)
-    if effective_selection(cfg) not in ("budget", "adaptive"):
-        return ratio, None
+    if selection not in ("budget", "adaptive"):
+        counts = counts_for_param_fraction(geo, unit, p.ratio, total, prunable, attention_bias, kinds=kinds)
+        return ratio, None, counts
     budget = round(p.ratio * total)
     capacity = budget_capacity(geo, unit, prunable, attention_bias, kinds=kinds)
     _check(
         budget <= capacity,
         f"prune.target=params prune.ratio={p.ratio}: {budget:,} parameters, more than the "
-        f"{capacity:,} that {effective_selection(cfg)} selection can remove from the {prunable} prunable "
+        f"{capacity:,} that {selection} selection can remove from the {prunable} prunable "
         "layers while each keeps one unit of each kind",
     )
-    return ratio, budget
+    return ratio, budget, None
 
 
 def _pruner_settings(
-    cfg: LoraPruneConfig, ratio: float, excluded: list[int], layers: int = 0, param_budget: int | None = None
+    cfg: LoraPruneConfig,
+    ratio: float,
+    excluded: list[int],
+    layers: int = 0,
+    param_budget: int | None = None,
+    unit_counts: dict[str, int] | None = None,
 ) -> PrunerSettings:
     p, m = cfg.prune, cfg.method
     return PrunerSettings(
@@ -583,6 +590,7 @@ def _pruner_settings(
         reconstruct_damp=p.reconstruct_damp,
         round_to=p.round_to,
         param_budget=param_budget,
+        unit_counts=unit_counts,
     )
 
 
