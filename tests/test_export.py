@@ -541,3 +541,13 @@ def test_model_card_of_a_parameter_target_says_the_budget(tmp_path):
     assert "| group ratio the schedule ends at | 0.500 |" in text
     assert "| parameters removed (budget) | 350 |" in text
     assert "group ratio per prunable layer" not in text
+
+
+def test_model_card_of_a_local_parameter_target_says_the_counts(tmp_path):
+    model, tok, plan = pruned_tiny(CASES["gqa"])
+    metrics, config = _card_inputs()
+    metrics["run"].update(target="params", ratio=0.35, selection="local", unit_counts={"attn": 1, "mlp": 40})
+    save_pruned(model, tok, plan, tmp_path / "m", metrics=metrics, config=config)
+    text = (tmp_path / "m" / "README.md").read_text()
+    assert "| group ratio the schedule ends at | 0.500 |" in text
+    assert "| units removed per prunable layer | attn 1, mlp 40 |" in text
