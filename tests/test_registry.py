@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from test_tables import write_run, write_val_test_pair, write_windowed_run
 
+import loraprune.cli.results as results_cli
 from loraprune.cli.results import main
 from loraprune.report.registry import (
     RegistryError,
@@ -182,6 +183,36 @@ def test_render_fills_the_readme_headline_block(tmp_path):
     other.write_text(f"# Results\n\n{start}\n<!-- results:headline:end -->\n")
     assert main([*args, str(other)]) == 0
     assert "+5.13 [+5.13, +5.13]*" in other.read_text() and readme.read_text() == text
+
+
+def test_render_writes_nothing_when_a_readme_is_edited_while_it_renders(tmp_path, capsys, monkeypatch):
+    fisher, lora = _runs(tmp_path / "outputs")
+    registry = tmp_path / "results"
+    main(["add", str(fisher), str(lora), "--table", "compare_r20", "--registry", str(registry)])
+    readme = tmp_path / "README.md"
+    block = "<!-- results:headline:start table=compare_r20 -->\nold\n<!-- results:headline:end -->\n"
+    readme.write_text(f"# Title\n\n{block}")
+    out = tmp_path / "t.md"
+    build = results_cli.rewrite_headlines
+
+    def build_then_edit(text, registry):  # someone saves the README while the tables are being built
+        filled = build(text, registry)
+        readme.write_text(f"# Title\n\nA sentence written meanwhile.\n\n{block}")
+        return filled
+
+    monkeypatch.setattr(results_cli, "rewrite_headlines", build_then_edit)
+    capsys.readouterr()
+    assert main(["render", "--registry", str(registry), "--out", str(out), "--readme", str(readme)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"loraprune-results: error: {readme} changed while rendering; nothing written, "
+        "run loraprune-results render again"
+    )
+    assert "A sentence written meanwhile." in readme.read_text() and "\nold\n" in readme.read_text()
+    assert not out.exists()
+    monkeypatch.setattr(results_cli, "rewrite_headlines", build)
+    assert main(["render", "--registry", str(registry), "--out", str(out), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "A sentence written meanwhile." in text and "\nold\n" not in text and out.exists()
 
 
 def test_headline_attributes_and_errors(tmp_path, capsys):

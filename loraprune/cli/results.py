@@ -5,8 +5,9 @@
 and records the options given in ``results/NAME/table.json`` (no RUN_DIR: only the options, of an existing
 table);
 ``loraprune-results render [--registry results] [--out docs/results_tables.md] [--readme FILE ...]``
-writes every table and fills the headline blocks of README.md and docs/results.md. Bad input ends with one
-``loraprune-results: error: ...`` line and exit status 2.
+writes every table and fills the headline blocks of README.md and docs/results.md (writing nothing when one
+of those files was edited while the tables were built). Bad input ends with one ``loraprune-results:
+error: ...`` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -116,11 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"added {path}", file=sys.stderr)
             return 0
         document = render_registry(args.registry)
-        filled = {
-            path: rewrite_headlines(path.read_text(encoding="utf-8"), args.registry)
-            for path in args.readme
-            if path.is_file()
-        }
+        read = {path: path.read_text(encoding="utf-8") for path in args.readme if path.is_file()}
+        filled = {path: rewrite_headlines(text, args.registry) for path, text in read.items()}
     except RegistryError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
@@ -133,6 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return 1 if stale else 0
+    edited = [path for path, text in read.items() if _current(path) != text]
+    if edited:  # an edit made while the tables were built would be lost: write nothing
+        print(
+            f"{PROG}: error: {', '.join(map(str, edited))} changed while rendering; nothing written, "
+            "run loraprune-results render again",
+            file=sys.stderr,
+        )
+        return 2
     for path, text in outputs.items():
         _update(path, text)
     return 0
